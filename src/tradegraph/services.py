@@ -1,0 +1,96 @@
+"""The service container: everything ``create_app`` wires together from ``Settings``.
+
+One instance per app; nothing here is a module global, so tests can run several apps
+(SQLite + memory, PostgreSQL + Redis) in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+
+from tradegraph.audit.service import AuditLog
+from tradegraph.config import Settings
+from tradegraph.db import Database
+from tradegraph.identity.service import IdentityService
+from tradegraph.metrics import Metrics
+from tradegraph.pubsub import PubSub
+from tradegraph.security.passwords import Argon2Params, PasswordHasher
+from tradegraph.security.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from tradegraph.security.vault import Keyring
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("tradegraph")
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    """The vault keyring: from ``TRADEGRAPH_VAULT_KEYS``, else a 0600 key file in data_dir."""
+    if settings.vault_keys:
+        return Keyring.from_config(settings.vault_keys)
+    if settings.is_production:
+        raise RuntimeError("TRADEGRAPH_VAULT_KEYS must be set in production")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Keyring.load_or_create(settings.data_dir / "vault.keys")
+
+
+class Services:
+    """Long-lived collaborators of one running app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.db = Database(
+            settings.resolved_database_url, echo=settings.db_echo, pool_size=settings.db_pool_size
+        )
+        self.redis: Redis | None = (
+            Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            if settings.redis_url
+            else None
+        )
+        self.rate_limiter: RateLimiter = (
+            RedisRateLimiter(self.redis, prefix=f"{settings.redis_prefix}:rl:")
+            if self.redis is not None
+            else MemoryRateLimiter()
+        )
+        self.pubsub = PubSub(settings.pubsub_url, prefix=f"{settings.redis_prefix}:")
+        self.keyring = load_keyring(settings)
+        self.audit = AuditLog(self.db)
+        self.hasher = PasswordHasher(
+            Argon2Params(
+                memory_cost=settings.argon2_memory_kib,
+                time_cost=settings.argon2_time_cost,
+                parallelism=settings.argon2_parallelism,
+            )
+        )
+        self.identity = IdentityService(
+            db=self.db,
+            settings=settings,
+            hasher=self.hasher,
+            keyring=self.keyring,
+            rate_limiter=self.rate_limiter,
+            audit=self.audit,
+        )
+
+    async def start(self) -> None:
+        await self.pubsub.connect()
+
+    async def stop(self) -> None:
+        await self.pubsub.disconnect()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.dispose()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Each dependency's health, for ``/readyz``."""
+        checks = {"database": await self.db.ping()}
+        if self.redis is not None:
+            try:
+                checks["redis"] = bool(await self.redis.ping())
+            except Exception:
+                checks["redis"] = False
+        checks["pubsub"] = await self.pubsub.ping()
+        return checks
