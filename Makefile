@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SRC := src tests bench migrations
+SRC := $(wildcard src tests bench migrations)
 
 .PHONY: install run test test-fast lint format schema bench clean
 

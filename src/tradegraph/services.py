@@ -7,22 +7,20 @@ One instance per app; nothing here is a module global, so tests can run several 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from tradegraph.audit.service import AuditLog
 from tradegraph.config import Settings
 from tradegraph.db import Database
+from tradegraph.events import EventPublisher
 from tradegraph.identity.service import IdentityService
 from tradegraph.metrics import Metrics
+from tradegraph.notifications.service import NotificationService
 from tradegraph.pubsub import PubSub
 from tradegraph.security.passwords import Argon2Params, PasswordHasher
 from tradegraph.security.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from tradegraph.security.vault import Keyring
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("tradegraph")
 
@@ -59,6 +57,8 @@ class Services:
         self.pubsub = PubSub(settings.pubsub_url, prefix=f"{settings.redis_prefix}:")
         self.keyring = load_keyring(settings)
         self.audit = AuditLog(self.db)
+        self.events = EventPublisher(self.pubsub, self.redis, prefix=f"{settings.redis_prefix}:")
+        self.notifications = NotificationService(self.db, self.events, self.pubsub)
         self.hasher = PasswordHasher(
             Argon2Params(
                 memory_cost=settings.argon2_memory_kib,
@@ -73,6 +73,7 @@ class Services:
             keyring=self.keyring,
             rate_limiter=self.rate_limiter,
             audit=self.audit,
+            notifications=self.notifications,
         )
 
     async def start(self) -> None:

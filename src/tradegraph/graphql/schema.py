@@ -31,14 +31,19 @@ from tradegraph.graphql.admin import AdminMutation, AdminRootQuery
 from tradegraph.graphql.errors import error_extensions
 from tradegraph.graphql.extensions import CostLimit, Metrics, OperationScope, RateLimit
 from tradegraph.graphql.identity import IdentityMutation, IdentityQuery
+from tradegraph.graphql.notifications import (
+    NotificationMutation,
+    NotificationQuery,
+    NotificationSubscription,
+)
 from tradegraph.graphql.system import SystemQuery, SystemSubscription
 
 log = logging.getLogger("tradegraph.graphql")
 
 
-QUERIES: tuple[type, ...] = (IdentityQuery, SystemQuery, AdminRootQuery)
-MUTATIONS: tuple[type, ...] = (IdentityMutation, AdminMutation)
-SUBSCRIPTIONS: tuple[type, ...] = (SystemSubscription,)
+QUERIES: tuple[type, ...] = (IdentityQuery, NotificationQuery, SystemQuery, AdminRootQuery)
+MUTATIONS: tuple[type, ...] = (IdentityMutation, NotificationMutation, AdminMutation)
+SUBSCRIPTIONS: tuple[type, ...] = (SystemSubscription, NotificationSubscription)
 
 
 def _node_query() -> type:

@@ -30,6 +30,7 @@ from tradegraph.identity.models import (
     UserStatus,
 )
 from tradegraph.identity.principal import ALL_SCOPES, Principal
+from tradegraph.notifications.service import NotificationService
 from tradegraph.security import totp
 from tradegraph.security.passwords import PasswordHasher, check_password_policy
 from tradegraph.security.ratelimit import RateLimiter
@@ -90,6 +91,7 @@ class IdentityService:
         keyring: Keyring,
         rate_limiter: RateLimiter,
         audit: AuditLog,
+        notifications: NotificationService,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -97,6 +99,7 @@ class IdentityService:
         self.keyring = keyring
         self.rate_limiter = rate_limiter
         self.audit = audit
+        self.notifications = notifications
         self._jwt_secret = settings.resolved_jwt_secret()
 
     # ------------------------------------------------------------------ sessions
@@ -512,6 +515,12 @@ class IdentityService:
         await self.audit.record(
             "user.totp_enabled", actor_id=user.id, target_type="user", target_id=user.id
         )
+        await self.notifications.notify(
+            user.id,
+            "SECURITY",
+            "Two-factor authentication is on",
+            "Sign-ins now need a code from your authenticator app.",
+        )
         return user
 
     async def disable_totp(self, principal: Principal, code: str) -> User:
@@ -532,6 +541,12 @@ class IdentityService:
             await session.commit()
         await self.audit.record(
             "user.totp_disabled", actor_id=user.id, target_type="user", target_id=user.id
+        )
+        await self.notifications.notify(
+            user.id,
+            "SECURITY",
+            "Two-factor authentication is off",
+            "If this was not you, change your password and turn it back on.",
         )
         return user
 
@@ -581,6 +596,13 @@ class IdentityService:
             target_type="api_token",
             target_id=row.id,
             data={"scopes": wanted},
+        )
+        await self.notifications.notify(
+            principal.user_id,
+            "SECURITY",
+            f"API token '{label}' created",
+            f"Scopes: {', '.join(wanted)}. Revoke it if you did not create it.",
+            {"apiTokenId": row.id},
         )
         return row, plain
 
