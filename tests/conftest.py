@@ -89,17 +89,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _migrate(url: str) -> None:
+    asyncio.run(_migrate_async(url))
+
+
+async def _migrate_async(url: str, *, migrate: bool = True) -> None:
+    """Migrate (optionally) and insert the exchange's reference data."""
     from tradegraph.db import Database
+    from tradegraph.exchange.reference import ensure_reference
     from tradegraph.migrate import upgrade
 
-    async def run() -> None:
-        db = Database(url)
-        try:
+    db = Database(url)
+    try:
+        if migrate:
             await upgrade(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(run())
+        await ensure_reference(db)
+    finally:
+        await db.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +176,7 @@ def leg(request: pytest.FixtureRequest, tmp_path: Path) -> Leg:
     require_service("redis")
     url = request.getfixturevalue("pg_database")
     _truncate_pg(url)
+    asyncio.run(_migrate_async(url, migrate=False))
     return Leg("pg", url, REDIS_URL)
 
 

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     login_max_failures: int = 5
     login_lockout_seconds: int = 15 * 60
 
+    # Exchange engine: "embedded" runs the sequencer in this process (in-process bus);
+    # "remote" sends commands over Redis Streams to a `tradegraph engine` process.
+    engine_mode: Literal["embedded", "remote"] = "embedded"
+    engine_request_timeout_seconds: float = 10.0
+
     # Demo and embedded runtime
     demo_faucet: bool = False
     broker_sandbox: bool = False

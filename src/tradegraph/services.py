@@ -11,9 +11,12 @@ import logging
 from redis.asyncio import Redis
 
 from tradegraph.audit.service import AuditLog
+from tradegraph.bus import InProcessBus, RedisStreamsBus
 from tradegraph.config import Settings
 from tradegraph.db import Database
 from tradegraph.events import EventPublisher
+from tradegraph.exchange.runtime import ExchangeRuntime
+from tradegraph.exchange.service import ExchangeService
 from tradegraph.identity.service import IdentityService
 from tradegraph.metrics import Metrics
 from tradegraph.notifications.service import NotificationService
@@ -75,11 +78,37 @@ class Services:
             audit=self.audit,
             notifications=self.notifications,
         )
+        self._build_exchange()
+
+    def _build_exchange(self) -> None:
+        settings = self.settings
+        embedded = settings.engine_mode == "embedded"
+        if embedded:
+            self.bus: InProcessBus | RedisStreamsBus = InProcessBus(
+                default_timeout=settings.engine_request_timeout_seconds
+            )
+        else:
+            if self.redis is None:
+                raise RuntimeError("engine_mode=remote needs TRADEGRAPH_REDIS_URL")
+            self.bus = RedisStreamsBus(
+                settings.redis_url or "",
+                role="worker",
+                prefix=f"{settings.redis_prefix}:bus:",
+                default_timeout=settings.engine_request_timeout_seconds,
+            )
+        self.exchange = ExchangeService(
+            self.db, self.bus, request_timeout=settings.engine_request_timeout_seconds
+        )
+        self.exchange_runtime = ExchangeRuntime(
+            self.db, self.pubsub, self.bus, demo_faucet=settings.demo_faucet, embedded=embedded
+        )
 
     async def start(self) -> None:
         await self.pubsub.connect()
+        await self.exchange_runtime.start()
 
     async def stop(self) -> None:
+        await self.exchange_runtime.stop()
         await self.pubsub.disconnect()
         if self.redis is not None:
             await self.redis.aclose()

@@ -29,6 +29,7 @@ from tradegraph.config import Settings
 from tradegraph.errors import DomainError
 from tradegraph.graphql.admin import AdminMutation, AdminRootQuery
 from tradegraph.graphql.errors import error_extensions
+from tradegraph.graphql.exchange import ExchangeMutation, ExchangeQuery, ExchangeSubscription
 from tradegraph.graphql.extensions import CostLimit, Metrics, OperationScope, RateLimit
 from tradegraph.graphql.identity import IdentityMutation, IdentityQuery
 from tradegraph.graphql.notifications import (
@@ -41,9 +42,24 @@ from tradegraph.graphql.system import SystemQuery, SystemSubscription
 log = logging.getLogger("tradegraph.graphql")
 
 
-QUERIES: tuple[type, ...] = (IdentityQuery, NotificationQuery, SystemQuery, AdminRootQuery)
-MUTATIONS: tuple[type, ...] = (IdentityMutation, NotificationMutation, AdminMutation)
-SUBSCRIPTIONS: tuple[type, ...] = (SystemSubscription, NotificationSubscription)
+QUERIES: tuple[type, ...] = (
+    IdentityQuery,
+    ExchangeQuery,
+    NotificationQuery,
+    SystemQuery,
+    AdminRootQuery,
+)
+MUTATIONS: tuple[type, ...] = (
+    IdentityMutation,
+    ExchangeMutation,
+    NotificationMutation,
+    AdminMutation,
+)
+SUBSCRIPTIONS: tuple[type, ...] = (
+    SystemSubscription,
+    ExchangeSubscription,
+    NotificationSubscription,
+)
 
 
 def _node_query() -> type:

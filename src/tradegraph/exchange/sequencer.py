@@ -1,0 +1,634 @@
+"""The sequencer: the single writer of balances, orders and books.
+
+Loop: take a batch of commands from the bus, apply each to the in-memory ``Engine`` in
+order (collecting results and effects), write the whole batch in one transaction, and only
+then answer the callers and publish the events. If the commit fails, every caller of the
+batch gets ENGINE_UNAVAILABLE, the in-memory state is dropped and rebuilt from the
+database: an acknowledged command is never lost, an unacknowledged one never half-applied.
+Batches grow under load by themselves (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tradegraph.db import new_id, utcnow
+from tradegraph.errors import DomainError
+from tradegraph.exchange import models as m
+from tradegraph.exchange.book import InstrumentStatus, OrderType, Side, STPMode, TimeInForce
+from tradegraph.exchange.engine import (
+    BalanceUpdate,
+    BookDelta,
+    Engine,
+    InstrumentSpec,
+    InstrumentStatusChanged,
+    MarkPrice,
+    OrderRequest,
+    OrderUpdate,
+    PlaceResult,
+    Posting,
+    Trade,
+)
+from tradegraph.exchange.store import BatchWrite, ExchangeStore, order_from_row
+
+log = logging.getLogger("tradegraph.sequencer")
+
+FEE_ACCOUNT_ID = 1
+MAX_BATCH = 512
+
+
+class Incoming(Protocol):
+    command_id: str
+    kind: str
+    payload: dict[str, Any]
+
+
+class EngineBus(Protocol):
+    async def take(self, max_items: int, max_wait: float) -> list[Any]: ...
+
+    async def reply_many(self, replies: list[tuple[Any, dict[str, Any]]]) -> None: ...
+
+
+Publish = Callable[[list[tuple[str, dict[str, Any]]]], None]
+
+
+@dataclass
+class AccountInfo:
+    owner_id: str | None
+    kind: str
+    status: str
+
+
+def params_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def order_dict(u: OrderUpdate) -> dict[str, Any]:
+    r = u.request
+    return {
+        "id": u.order_id,
+        "account_id": r.account_id,
+        "symbol": r.symbol,
+        "side": r.side.value,
+        "type": r.type.value,
+        "time_in_force": r.time_in_force.value,
+        "status": u.status.value,
+        "price": r.price,
+        "stop_price": r.stop_price,
+        "quantity": r.quantity,
+        "quote_quantity": r.quote_quantity,
+        "post_only": r.post_only,
+        "client_order_id": r.client_order_id,
+        "filled_qty": u.filled_qty,
+        "remaining_qty": u.remaining_qty,
+        "quote_filled": u.quote_filled,
+        "fee_paid": u.fee_paid,
+        "reason": u.reason,
+    }
+
+
+def trade_dict(t: Trade, ts: str) -> dict[str, Any]:
+    return {
+        "id": t.trade_id,
+        "symbol": t.symbol,
+        "seq": t.seq,
+        "price": t.price,
+        "qty": t.qty,
+        "notional": t.notional,
+        "taker_side": t.taker_side.value,
+        "taker_fee": t.taker_fee,
+        "maker_fee": t.maker_fee,
+        "ts": ts,
+    }
+
+
+def _tx_dict(t: m.Transaction) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "account_id": t.account_id,
+        "kind": t.kind.value,
+        "status": t.status.value,
+        "asset": t.asset,
+        "amount": t.amount,
+        "idempotency_key": t.idempotency_key,
+        "params_hash": t.params_hash,
+        "reference": t.reference,
+        "created_at": t.created_at.isoformat(),
+    }
+
+
+def error_result(error: DomainError) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message, "field": error.field}}
+
+
+class Sequencer:
+    """Owns one ``Engine``; applies bus commands in order; persists, answers, publishes."""
+
+    def __init__(
+        self,
+        store: ExchangeStore,
+        bus: EngineBus,
+        publish: Publish,
+        *,
+        demo_faucet: bool = False,
+        max_batch: int = MAX_BATCH,
+        batch_wait: float = 0.001,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.publish = publish
+        self.demo_faucet = demo_faucet
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait
+        self.engine = Engine(fee_account_id=FEE_ACCOUNT_ID)
+        self.accounts: dict[int, AccountInfo] = {}
+        self.venues: dict[str, str] = {}
+        self.user_seq: dict[str, int] = {}
+        self.next_account_id = FEE_ACCOUNT_ID + 1
+        # (account, idempotency key) -> (params hash, transaction row) for money commands
+        self.tx_keys: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+        self.ready = asyncio.Event()
+        self.batches = 0
+        self.commands = 0
+        self._batch = BatchWrite()
+        self._events: list[tuple[str, dict[str, Any]]] = []
+        self._ts = ""
+
+    # --------------------------------------------------------------------- rebuild
+
+    async def rebuild(self) -> None:
+        """Drop all in-memory state and load it again from the database."""
+        snap = await self.store.load()
+        engine = Engine(fee_account_id=FEE_ACCOUNT_ID)
+        for asset in snap.assets:
+            engine.add_asset(asset.code, asset.decimals)
+        decimals = {a.code: a.decimals for a in snap.assets}
+        self.venues = {}
+        for ins in snap.instruments:
+            engine.add_instrument(
+                InstrumentSpec(
+                    symbol=ins.symbol,
+                    base_asset=ins.base_asset,
+                    quote_asset=ins.quote_asset,
+                    base_decimals=decimals[ins.base_asset],
+                    quote_decimals=decimals[ins.quote_asset],
+                    price_decimals=ins.price_decimals,
+                    qty_decimals=ins.qty_decimals,
+                    tick=ins.tick,
+                    lot=ins.lot,
+                    min_qty=ins.min_qty,
+                    min_notional=ins.min_notional,
+                    maker_fee_bps=ins.maker_fee_bps,
+                    taker_fee_bps=ins.taker_fee_bps,
+                    status=ins.status,
+                )
+            )
+            engine.restore_last_price(ins.symbol, ins.last_price)
+            self.venues[ins.symbol] = ins.venue.value
+        for bal in snap.balances:
+            engine.load_balance(bal.account_id, bal.asset, bal.total, bal.locked)
+        for row in snap.open_orders:
+            engine.restore_order(order_from_row(row))
+        state = snap.state
+        restored = engine.counters()
+        engine.set_counters(
+            next_order_id=max(state.get("next_order_id", 1), restored.next_order_id),
+            next_trade_id=state.get("next_trade_id", 1),
+            next_priority=max(state.get("next_priority", 1), restored.next_priority),
+            topic_seqs={
+                k[len("seq:") :]: v
+                for k, v in state.items()
+                if (k.startswith("seq:book:") or k.startswith("seq:trades:"))
+                and k.split(":", 2)[2] in self.venues
+            },
+        )
+        self.user_seq = {k[len("seq:") :]: v for k, v in state.items() if k.startswith("seq:user:")}
+        self.accounts = {
+            a.id: AccountInfo(a.owner_id, a.kind.value, a.status.value) for a in snap.accounts
+        }
+        self.next_account_id = max([FEE_ACCOUNT_ID, *self.accounts]) + 1
+        self.tx_keys = {
+            (t.account_id, t.idempotency_key): (t.params_hash, _tx_dict(t))
+            for t in snap.transactions
+            if t.idempotency_key
+        }
+        self.engine = engine
+        if FEE_ACCOUNT_ID not in self.accounts:
+            self._batch.accounts.append(
+                {
+                    "id": FEE_ACCOUNT_ID,
+                    "owner_id": None,
+                    "kind": m.AccountKind.SYSTEM.value,
+                    "status": m.AccountStatus.ACTIVE.value,
+                    "name": "Exchange fees",
+                    "created_at": utcnow(),
+                }
+            )
+            await self.store.commit(self._batch)
+            self._batch = BatchWrite()
+            self.accounts[FEE_ACCOUNT_ID] = AccountInfo(None, "SYSTEM", "ACTIVE")
+        problems = engine.check_invariants()
+        if problems:
+            raise RuntimeError(f"rebuilt state is inconsistent: {problems[:5]}")
+        self.ready.set()
+        log.info(
+            "sequencer rebuilt",
+            extra={"open_orders": len(snap.open_orders), "accounts": len(self.accounts)},
+        )
+
+    # ------------------------------------------------------------------------ loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process batches until ``stop`` is set; rebuild after any failed commit."""
+        await self.rebuild()
+        backoff = 0.05
+        while not stop.is_set():
+            take = asyncio.ensure_future(self.bus.take(self.max_batch, self.batch_wait))
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({take, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if take not in done:
+                take.cancel()
+                break
+            batch = take.result()
+            if not batch:
+                continue
+            try:
+                await self.process(batch)
+                backoff = 0.05
+            except Exception:
+                log.exception("batch of %d commands failed; rebuilding", len(batch))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                try:
+                    await self.rebuild()
+                except Exception:
+                    log.exception("rebuild failed; will retry on the next batch")
+
+    async def process(self, batch: list[Any]) -> None:
+        """Apply, commit, answer, publish — in that order."""
+        self._batch = BatchWrite()
+        self._events = []
+        self._ts = utcnow().isoformat()
+        replies: list[tuple[Any, dict[str, Any]]] = []
+        try:
+            for incoming in batch:
+                if getattr(incoming, "redelivered", False):
+                    # An earlier engine may have committed it before dying: answer, don't redo.
+                    stored = await self.store.command_result(incoming.command_id)
+                    if stored is not None:
+                        replies.append((incoming, stored))
+                        continue
+                replies.append((incoming, self.apply(incoming)))
+            # Book deltas and balance rows are coalesced over the batch by the engine.
+            self._absorb(self.engine.flush())
+            self._flush_counters()
+            await self.store.commit(self._batch)
+        except Exception:
+            failed = {
+                "error": {"code": "ENGINE_UNAVAILABLE", "message": "try again", "field": None}
+            }
+            await self.bus.reply_many([(inc, failed) for inc in batch])
+            raise
+        self.batches += 1
+        self.commands += len(batch)
+        await self.bus.reply_many(replies)
+        if self._events:
+            self.publish(self._events)
+
+    def _flush_counters(self) -> None:
+        c = self.engine.counters()
+        self._batch.state.update(
+            {
+                "next_order_id": c.next_order_id,
+                "next_trade_id": c.next_trade_id,
+                "next_priority": c.next_priority,
+            }
+        )
+        for topic, seq in c.topic_seqs.items():
+            self._batch.state[f"seq:{topic}"] = seq
+
+    # ------------------------------------------------------------------ commands
+
+    def apply(self, incoming: Incoming) -> dict[str, Any]:
+        handler = getattr(self, f"_cmd_{incoming.kind}", None)
+        if handler is None:
+            return error_result(DomainError(f"unknown command {incoming.kind}"))
+        try:
+            result: dict[str, Any] = handler(incoming.payload)
+        except DomainError as error:
+            result = error_result(error)
+        if incoming.kind not in ("book",):
+            self._batch.commands.append(
+                {
+                    "command_id": incoming.command_id,
+                    "kind": incoming.kind,
+                    "result": json.dumps(result, default=str),
+                }
+            )
+        return result
+
+    def _account(self, account_id: int, user_id: str | None, *, admin: bool = False) -> AccountInfo:
+        info = self.accounts.get(account_id)
+        if info is None or (not admin and info.owner_id != user_id):
+            raise DomainError("account not found", code="ACCOUNT_NOT_FOUND", field="accountId")
+        if info.status != m.AccountStatus.ACTIVE.value:
+            raise DomainError(
+                "this account is not active", code="ACCOUNT_INACTIVE", field="accountId"
+            )
+        return info
+
+    def _cmd_open_account(self, p: dict[str, Any]) -> dict[str, Any]:
+        kind = p["kind"]
+        if kind not in {k.value for k in m.AccountKind} or kind == "SYSTEM":
+            raise DomainError("unknown account kind", code="INVALID_INPUT", field="kind")
+        account_id = self.next_account_id
+        self.next_account_id += 1
+        self.accounts[account_id] = AccountInfo(p["owner_id"], kind, "ACTIVE")
+        self._batch.accounts.append(
+            {
+                "id": account_id,
+                "owner_id": p["owner_id"],
+                "kind": kind,
+                "status": "ACTIVE",
+                "name": p.get("name") or kind.title(),
+                "created_at": utcnow(),
+            }
+        )
+        return {"account_id": account_id}
+
+    def _request(self, p: dict[str, Any]) -> OrderRequest:
+        return OrderRequest(
+            account_id=int(p["account_id"]),
+            symbol=p["symbol"],
+            side=Side(p["side"]),
+            type=OrderType(p["type"]),
+            quantity=p.get("quantity"),
+            price=p.get("price"),
+            stop_price=p.get("stop_price"),
+            quote_quantity=p.get("quote_quantity"),
+            time_in_force=TimeInForce(p.get("time_in_force", "GTC")),
+            post_only=bool(p.get("post_only", False)),
+            client_order_id=p.get("client_order_id"),
+            stp=STPMode(p.get("stp", "EXPIRE_TAKER")),
+        )
+
+    def _place_one(self, p: dict[str, Any], user_id: str | None, limited: bool) -> dict[str, Any]:
+        try:
+            info = self._account(int(p["account_id"]), user_id)
+            if limited and info.kind == m.AccountKind.SPOT.value:
+                raise DomainError(
+                    "your access level is LIMITED: SPOT trading needs FULL access",
+                    code="ACCESS_LIMITED",
+                    field="accountId",
+                )
+            result, effects = self.engine.place(self._request(p))
+        except DomainError as error:
+            return error_result(error)
+        self._absorb(effects)
+        return self._place_result(result)
+
+    def _place_result(self, result: PlaceResult) -> dict[str, Any]:
+        return {
+            "order": order_dict(result.order),
+            "trades": [trade_dict(t, self._ts) for t in result.trades],
+            "replayed": result.replayed,
+        }
+
+    def _cmd_noop(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _cmd_place(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self._place_one(p["order"], p.get("user_id"), bool(p.get("limited")))
+
+    def _cmd_place_many(self, p: dict[str, Any]) -> dict[str, Any]:
+        user_id, limited = p.get("user_id"), bool(p.get("limited"))
+        return {"results": [self._place_one(o, user_id, limited) for o in p["orders"]]}
+
+    def _cmd_cancel(self, p: dict[str, Any]) -> dict[str, Any]:
+        account_id = int(p["account_id"])
+        self._account(account_id, p.get("user_id"), admin=bool(p.get("admin")))
+        update, effects = self.engine.cancel(
+            account_id, p.get("order_id"), client_order_id=p.get("client_order_id")
+        )
+        self._absorb(effects)
+        return {"order": order_dict(update)}
+
+    def _cmd_cancel_all(self, p: dict[str, Any]) -> dict[str, Any]:
+        account_id = int(p["account_id"])
+        self._account(account_id, p.get("user_id"), admin=bool(p.get("admin")))
+        updates, effects = self.engine.cancel_all(account_id, p.get("symbol"))
+        self._absorb(effects)
+        return {"orders": [order_dict(u) for u in updates]}
+
+    def _money(self, kind: m.TransactionKind, p: dict[str, Any]) -> dict[str, Any]:
+        account_id = int(p["account_id"])
+        admin = kind is m.TransactionKind.CREDIT
+        info = self._account(account_id, p.get("user_id"), admin=admin)
+        if (
+            kind is m.TransactionKind.DEPOSIT
+            and info.kind != "PAPER"
+            and not (info.kind == "SPOT" and self.demo_faucet)
+        ):
+            raise DomainError(
+                "deposits here only go to PAPER accounts (or SPOT with the demo faucet); real "
+                "money arrives through the payment provider",
+                code="DEPOSIT_NOT_ALLOWED",
+                field="accountId",
+            )
+        asset, amount = p["asset"], int(p["amount"])
+        key = p.get("idempotency_key")
+        if key:
+            seen = self.tx_keys.get((account_id, key))
+            if seen is not None:
+                if seen[0] != p.get("params_hash"):
+                    raise DomainError(
+                        "this idempotency key was used with other parameters",
+                        code="DUPLICATE_IDEMPOTENCY_KEY",
+                        field="idempotencyKey",
+                    )
+                current = self.engine.balance(account_id, seen[1]["asset"])
+                return {
+                    "transaction": seen[1],
+                    "balance": {"total": current.total, "locked": current.locked},
+                    "replayed": True,
+                }
+        tx_id = new_id()
+        if kind is m.TransactionKind.WITHDRAWAL:
+            balance, effects = self.engine.withdraw(account_id, asset, amount, ref=tx_id)
+        elif kind is m.TransactionKind.DEPOSIT:
+            balance, effects = self.engine.deposit(account_id, asset, amount, ref=tx_id)
+        else:
+            balance, effects = self.engine.credit(account_id, asset, amount, ref=tx_id)
+        self._absorb(effects)
+        tx = {
+            "id": tx_id,
+            "account_id": account_id,
+            "kind": kind.value,
+            "status": m.TransactionStatus.COMPLETED.value,
+            "asset": asset,
+            "amount": amount,
+            "idempotency_key": p.get("idempotency_key"),
+            "params_hash": p.get("params_hash") or "",
+            "reference": p.get("reference"),
+            "created_at": utcnow(),
+        }
+        self._batch.transactions.append(tx)
+        public = {**tx, "created_at": tx["created_at"].isoformat()}
+        if key:
+            self.tx_keys[(account_id, key)] = (tx["params_hash"], public)
+        return {
+            "transaction": public,
+            "balance": {"total": balance.total, "locked": balance.locked},
+            "replayed": False,
+        }
+
+    def _cmd_deposit(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self._money(m.TransactionKind.DEPOSIT, p)
+
+    def _cmd_withdraw(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self._money(m.TransactionKind.WITHDRAWAL, p)
+
+    def _cmd_credit(self, p: dict[str, Any]) -> dict[str, Any]:
+        return self._money(m.TransactionKind.CREDIT, p)
+
+    def _cmd_halt(self, p: dict[str, Any]) -> dict[str, Any]:
+        spec, effects = self.engine.halt(p["symbol"])
+        self._absorb(effects)
+        return {"symbol": spec.symbol, "status": spec.status.value}
+
+    def _cmd_resume(self, p: dict[str, Any]) -> dict[str, Any]:
+        spec, effects = self.engine.resume(p["symbol"])
+        self._absorb(effects)
+        return {"symbol": spec.symbol, "status": spec.status.value}
+
+    def _cmd_mark_price(self, p: dict[str, Any]) -> dict[str, Any]:
+        triggered, effects = self.engine.mark_price(p["symbol"], int(p["price"]))
+        self._absorb(effects)
+        return {"triggered": triggered}
+
+    def _cmd_book(self, p: dict[str, Any]) -> dict[str, Any]:
+        snap = self.engine.depth(p["symbol"], int(p.get("depth", 20)))
+        bid, ask = self.engine.best_bid_ask(p["symbol"])
+        return {
+            "symbol": snap.symbol,
+            "seq": snap.seq,
+            "bids": snap.bids,
+            "asks": snap.asks,
+            "last": self.engine.last_price(p["symbol"]),
+            "best_bid": bid,
+            "best_ask": ask,
+        }
+
+    # ------------------------------------------------------------------- effects
+
+    def _user_topic(self, account_id: int) -> str | None:
+        info = self.accounts.get(account_id)
+        if info is None or info.owner_id is None:
+            return None
+        return f"user:{info.owner_id}"
+
+    def _emit_user(self, account_id: int, type_: str, data: dict[str, Any]) -> None:
+        topic = self._user_topic(account_id)
+        if topic is None:
+            return
+        seq = self.user_seq.get(topic, 0) + 1
+        self.user_seq[topic] = seq
+        self._batch.state[f"seq:{topic}"] = seq
+        self._events.append(
+            (topic, {"topic": topic, "seq": seq, "ts": self._ts, "type": type_, "data": data})
+        )
+
+    def _absorb(self, effects: list[Any]) -> None:
+        """Route one command's effects into the batch write and the event list."""
+        batch = self._batch
+        events = self._events
+        ts = self._ts
+        for e in effects:
+            if isinstance(e, OrderUpdate):
+                batch.orders[e.order_id] = e
+                self._emit_user(e.request.account_id, "ORDER", order_dict(e))
+            elif isinstance(e, Trade):
+                batch.trades.append(e)
+                batch.postings.extend((p, None) for p in e.postings())
+                data = trade_dict(e, ts)
+                topic = f"trades:{e.symbol}"
+                events.append(
+                    (topic, {"topic": topic, "seq": e.seq, "ts": ts, "type": "TRADE", "data": data})
+                )
+                for account_id, order_id, side, fee, liquidity in (
+                    (
+                        e.taker_account_id,
+                        e.taker_order_id,
+                        e.taker_side.value,
+                        e.taker_fee,
+                        "TAKER",
+                    ),
+                    (
+                        e.maker_account_id,
+                        e.maker_order_id,
+                        "SELL" if e.taker_side is Side.BUY else "BUY",
+                        e.maker_fee,
+                        "MAKER",
+                    ),
+                ):
+                    self._emit_user(
+                        account_id,
+                        "FILL",
+                        {
+                            **data,
+                            "order_id": order_id,
+                            "account_id": account_id,
+                            "side": side,
+                            "fee": fee,
+                            "liquidity": liquidity,
+                        },
+                    )
+            elif isinstance(e, Posting):
+                batch.postings.append((e, None))
+            elif isinstance(e, BalanceUpdate):
+                batch.balances[(e.account_id, e.asset)] = e
+                self._emit_user(
+                    e.account_id,
+                    "BALANCE",
+                    {
+                        "account_id": e.account_id,
+                        "asset": e.asset,
+                        "total": e.total,
+                        "locked": e.locked,
+                    },
+                )
+            elif isinstance(e, BookDelta):
+                topic = f"book:{e.symbol}"
+                events.append(
+                    (
+                        topic,
+                        {
+                            "topic": topic,
+                            "seq": e.seq,
+                            "ts": ts,
+                            "type": "DELTA",
+                            "data": {"changes": [[s.value, p, q] for s, p, q in e.changes]},
+                        },
+                    )
+                )
+            elif isinstance(e, MarkPrice):
+                batch.instrument_prices[e.symbol] = e.price
+            elif isinstance(e, InstrumentStatusChanged):
+                batch.instrument_status[e.symbol] = e.status.value
+        for t in (e for e in effects if isinstance(e, Trade)):
+            batch.instrument_prices[t.symbol] = t.price
+
+
+def elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+__all__ = ["FEE_ACCOUNT_ID", "InstrumentStatus", "Sequencer", "params_hash"]

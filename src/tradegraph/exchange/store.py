@@ -1,0 +1,314 @@
+"""Persistence for the sequencer: one transaction per batch, and the rebuild read.
+
+Rows are written with SQLAlchemy Core (no ORM objects on the hot path): multi-row inserts
+and dialect upserts, so a batch of hundreds of commands is a handful of statements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tradegraph.db import Database, utcnow
+from tradegraph.exchange import models as m
+from tradegraph.exchange.book import OrderStatus
+from tradegraph.exchange.engine import (
+    BalanceUpdate,
+    OrderRequest,
+    OrderUpdate,
+    Posting,
+    Trade,
+)
+
+
+@dataclass
+class BatchWrite:
+    """Everything one batch changes, collected while the commands run in memory."""
+
+    orders: dict[int, OrderUpdate] = field(default_factory=dict)
+    trades: list[Trade] = field(default_factory=list)
+    postings: list[tuple[Posting, str | None]] = field(default_factory=list)
+    balances: dict[tuple[int, str], BalanceUpdate] = field(default_factory=dict)
+    accounts: list[dict[str, Any]] = field(default_factory=list)
+    transactions: list[dict[str, Any]] = field(default_factory=list)
+    instrument_prices: dict[str, int] = field(default_factory=dict)
+    instrument_status: dict[str, str] = field(default_factory=dict)
+    state: dict[str, int] = field(default_factory=dict)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (
+            self.orders
+            or self.trades
+            or self.postings
+            or self.balances
+            or self.accounts
+            or self.transactions
+            or self.instrument_prices
+            or self.instrument_status
+            or self.state
+            or self.commands
+        )
+
+
+def order_row(u: OrderUpdate, now: datetime) -> dict[str, Any]:
+    r = u.request
+    return {
+        "id": u.order_id,
+        "account_id": r.account_id,
+        "symbol": r.symbol,
+        "side": r.side,
+        "type": r.type,
+        "time_in_force": r.time_in_force,
+        "status": u.status,
+        "price": r.price,
+        "stop_price": r.stop_price,
+        "quantity": r.quantity,
+        "quote_quantity": r.quote_quantity,
+        "post_only": r.post_only,
+        "stp": r.stp,
+        "client_order_id": r.client_order_id,
+        "filled_qty": u.filled_qty,
+        "remaining_qty": u.remaining_qty,
+        "quote_filled": u.quote_filled,
+        "fee_paid": u.fee_paid,
+        "fee_accrued": u.fee_accrued,
+        "reserved": u.reserved,
+        "budget_left": u.budget_left,
+        "limit_price": u.limit_price,
+        "priority": u.priority,
+        "triggered": u.triggered,
+        "reason": u.reason,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def order_from_row(row: m.Order) -> OrderUpdate:
+    """The engine's view of a stored order (for rebuild)."""
+    request = OrderRequest(
+        account_id=row.account_id,
+        symbol=row.symbol,
+        side=row.side,
+        type=row.type,
+        quantity=row.quantity,
+        price=row.price,
+        stop_price=row.stop_price,
+        quote_quantity=row.quote_quantity,
+        time_in_force=row.time_in_force,
+        post_only=row.post_only,
+        client_order_id=row.client_order_id,
+        stp=row.stp,
+    )
+    return OrderUpdate(
+        order_id=row.id,
+        status=row.status,
+        filled_qty=row.filled_qty,
+        remaining_qty=row.remaining_qty,
+        quote_filled=row.quote_filled,
+        fee_paid=row.fee_paid,
+        fee_accrued=row.fee_accrued,
+        reserved=row.reserved,
+        budget_left=row.budget_left,
+        limit_price=row.limit_price,
+        priority=row.priority,
+        triggered=row.triggered,
+        reason=row.reason,
+        request=request,
+    )
+
+
+_ORDER_MUTABLE = (
+    "status",
+    "filled_qty",
+    "remaining_qty",
+    "quote_filled",
+    "fee_paid",
+    "fee_accrued",
+    "reserved",
+    "budget_left",
+    "limit_price",
+    "priority",
+    "triggered",
+    "reason",
+    "updated_at",
+)
+
+
+def _table(model: type[Any]) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+class ExchangeStore:
+    """Reads and writes the exchange tables for the sequencer."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._insert = sqlite_insert if db.is_sqlite else pg_insert
+
+    async def _upsert(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        rows: Sequence[dict[str, Any]],
+        keys: Sequence[str],
+        update: Sequence[str],
+    ) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+        )
+        await conn.execute(stmt, list(rows))
+
+    async def commit(self, batch: BatchWrite) -> None:
+        """Write one batch in one transaction; raises if anything fails (nothing kept)."""
+        if batch.empty():
+            return
+        now = utcnow()
+        async with self.db.engine.begin() as conn:
+            if batch.accounts:
+                await conn.execute(insert(m.Account), batch.accounts)
+            if batch.orders:
+                await self._upsert(
+                    conn,
+                    _table(m.Order),
+                    [order_row(u, now) for u in batch.orders.values()],
+                    ["id"],
+                    _ORDER_MUTABLE,
+                )
+            if batch.trades:
+                await conn.execute(
+                    insert(m.Trade),
+                    [
+                        {
+                            "id": t.trade_id,
+                            "symbol": t.symbol,
+                            "seq": t.seq,
+                            "price": t.price,
+                            "qty": t.qty,
+                            "notional": t.notional,
+                            "taker_side": t.taker_side,
+                            "taker_order_id": t.taker_order_id,
+                            "maker_order_id": t.maker_order_id,
+                            "taker_account_id": t.taker_account_id,
+                            "maker_account_id": t.maker_account_id,
+                            "taker_fee": t.taker_fee,
+                            "maker_fee": t.maker_fee,
+                            "created_at": now,
+                        }
+                        for t in batch.trades
+                    ],
+                )
+            if batch.postings:
+                await conn.execute(
+                    insert(m.LedgerEntry),
+                    [
+                        {
+                            "from_account_id": p.from_account_id,
+                            "to_account_id": p.to_account_id,
+                            "asset": p.asset,
+                            "amount": p.amount,
+                            "reason": p.reason,
+                            "order_id": p.order_id,
+                            "trade_id": p.trade_id,
+                            "ref": ref or p.ref,
+                            "created_at": now,
+                        }
+                        for p, ref in batch.postings
+                    ],
+                )
+            if batch.transactions:
+                await conn.execute(insert(m.Transaction), batch.transactions)
+            await self._upsert(
+                conn,
+                _table(m.Balance),
+                [
+                    {
+                        "account_id": b.account_id,
+                        "asset": b.asset,
+                        "total": b.total,
+                        "locked": b.locked,
+                        "updated_at": now,
+                    }
+                    for b in batch.balances.values()
+                ],
+                ["account_id", "asset"],
+                ["total", "locked", "updated_at"],
+            )
+            for symbol, price in batch.instrument_prices.items():
+                await conn.execute(
+                    update(m.Instrument)
+                    .where(m.Instrument.symbol == symbol)
+                    .values(last_price=price)
+                )
+            for symbol, status in batch.instrument_status.items():
+                await conn.execute(
+                    update(m.Instrument).where(m.Instrument.symbol == symbol).values(status=status)
+                )
+            await self._upsert(
+                conn,
+                _table(m.EngineState),
+                [{"key": k, "value": v} for k, v in batch.state.items()],
+                ["key"],
+                ["value"],
+            )
+            if batch.commands:
+                await conn.execute(
+                    insert(m.EngineCommand),
+                    [{**c, "created_at": now} for c in batch.commands],
+                )
+
+    # ----------------------------------------------------------------- rebuild reads
+
+    async def load(self) -> Snapshot:
+        async with self.db.session() as session:
+            assets = list(await session.scalars(select(m.Asset)))
+            instruments = list(await session.scalars(select(m.Instrument)))
+            accounts = list(await session.scalars(select(m.Account)))
+            balances = list(await session.scalars(select(m.Balance)))
+            open_orders = list(
+                await session.scalars(
+                    select(m.Order)
+                    .where(m.Order.status.in_([OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED]))
+                    .order_by(m.Order.priority)
+                )
+            )
+            state = {s.key: s.value for s in await session.scalars(select(m.EngineState))}
+            transactions = list(
+                await session.scalars(
+                    select(m.Transaction).where(m.Transaction.idempotency_key.is_not(None))
+                )
+            )
+        return Snapshot(assets, instruments, accounts, balances, open_orders, state, transactions)
+
+    async def command_result(self, command_id: str) -> dict[str, Any] | None:
+        async with self.db.session() as session:
+            row = await session.get(m.EngineCommand, command_id)
+        return json.loads(row.result) if row else None
+
+
+@dataclass
+class Snapshot:
+    assets: list[m.Asset]
+    instruments: list[m.Instrument]
+    accounts: list[m.Account]
+    balances: list[m.Balance]
+    open_orders: list[m.Order]
+    state: dict[str, int]
+    transactions: list[m.Transaction]
+
+
+def merge_balances(target: dict[tuple[int, str], BalanceUpdate], updates: Iterable[Any]) -> None:
+    for b in updates:
+        target[(b.account_id, b.asset)] = b
