@@ -22,7 +22,8 @@ install: $(STAMP)
 run: install
 	$(BIN)/tradegraph migrate
 	$(BIN)/tradegraph seed-demo
-	TRADEGRAPH_DEMO_FAUCET=true TRADEGRAPH_BROKER_SANDBOX=true $(BIN)/tradegraph serve
+	TRADEGRAPH_DEMO_FAUCET=true TRADEGRAPH_BROKER_SANDBOX=true TRADEGRAPH_MARKET_MAKER=true \
+		$(BIN)/tradegraph serve
 
 ## The whole suite: lint, type check, then every test (PostgreSQL/Redis legs when reachable).
 test: install lint

@@ -191,6 +191,8 @@ def make_settings(tmp_path: Path, leg: Leg, **overrides: Any) -> Settings:
         "argon2_memory_kib": 1024,
         "argon2_time_cost": 1,
         "log_json": False,
+        "background_jobs": False,
+        "market_simulator": False,  # no background ticks unless a test asks
     }
     values.update(overrides)
     return Settings(**values)

@@ -1,7 +1,8 @@
 """``create_app(settings)``: the Starlette application and everything it serves.
 
 Routes: ``/graphql`` (POST JSON, GET opens GraphiQL in a browser, websocket with
-``graphql-transport-ws`` and legacy ``graphql-ws``), ``/healthz``, ``/readyz``, ``/metrics``.
+``graphql-transport-ws`` and legacy ``graphql-ws``), ``/healthz``, ``/readyz``, ``/metrics``,
+``/datafeed/*`` (TradingView UDF).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from strawberry.exceptions import ConnectionRejectionError
 
 from tradegraph.config import Settings
 from tradegraph.errors import DomainError
+from tradegraph.exchange.webhooks import deposit_webhook
 from tradegraph.graphql.context import Context, client_ip
+from tradegraph.graphql.marketdata import encode_response
 from tradegraph.graphql.schema import build_schema
 from tradegraph.logs import configure_logging
+from tradegraph.marketdata.udf_routes import datafeed_routes
 from tradegraph.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
@@ -99,6 +103,10 @@ class GraphQLApp(GraphQL[Context, None]):
             allowed_origins=settings.cors_origins,
         )
         self.services = services
+
+    def encode_json(self, data: object) -> str:
+        """Plain JSON, except that the candles fast path's pre-rendered text is spliced in."""
+        return encode_response(data)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -186,6 +194,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            datafeed_routes(services),  # TradingView UDF
+            Route("/webhooks/deposits", deposit_webhook(services), methods=["POST"]),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -61,6 +62,27 @@ def serve(
         log_config=None,
         ws_max_size=1_048_576,
     )
+
+
+@cli.command()
+def engine() -> None:
+    """Run the sequencer (production: PostgreSQL leader lock, commands over Redis)."""
+    import signal
+
+    from tradegraph.exchange.engine_process import run_engine
+    from tradegraph.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, json_format=settings.log_json)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_engine(settings, stop)
+
+    asyncio.run(main())
 
 
 @cli.command()
@@ -130,6 +152,64 @@ def create_admin(
         raise typer.Exit(1) from None
 
 
+@cli.command("import-candles")
+def import_candles(
+    file: Path = typer.Argument(..., help="CSV: time,open,high,low,close,volume[,trades]."),
+    symbol: str = typer.Option(..., "--symbol", help="Instrument symbol, e.g. EURUSD."),
+    resolution: str = typer.Option(..., "--resolution", help="M1 M5 M15 M30 H1 H4 D1 W1."),
+) -> None:
+    """Backfill history from a CSV: every row checked, all or nothing.
+
+    Coarser resolutions are rebuilt from the imported bars over their time range.
+    """
+    import time
+
+    from tradegraph.db import Database
+    from tradegraph.exchange import models as em
+    from tradegraph.marketdata.csv_import import (
+        CsvProblems,
+        parse_candles_csv,
+        parse_resolution_name,
+    )
+    from tradegraph.marketdata.store import CandleStore
+
+    settings = Settings()
+
+    async def run() -> str:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.session() as session:
+                ins = await session.get(em.Instrument, symbol)
+            if ins is None:
+                raise DomainError(f"unknown instrument {symbol!r}", code="UNKNOWN_INSTRUMENT")
+            res = parse_resolution_name(resolution)
+            with file.open(newline="", encoding="utf-8-sig") as handle:
+                parsed = parse_candles_csv(
+                    handle,
+                    res,
+                    price_decimals=ins.price_decimals,
+                    qty_decimals=ins.qty_decimals,
+                    tick=ins.tick,
+                    now_ms=int(time.time() * 1000),
+                )
+            counts = await CandleStore(db).import_arrays(symbol, res, parsed.bars)
+        finally:
+            await db.dispose()
+        rebuilt = ", ".join(f"{r.name} {n}" for r, n in counts.items() if r is not res)
+        return f"imported {counts[res]} {res.name} bars for {symbol}; rebuilt {rebuilt or 'none'}"
+
+    try:
+        typer.echo(asyncio.run(run()))
+    except CsvProblems as problems:
+        typer.echo(f"{file}: nothing imported, {len(problems.problems)} problem(s):", err=True)
+        typer.echo(problems.message, err=True)
+        raise typer.Exit(1) from None
+    except (DomainError, OSError, UnicodeDecodeError) as error:
+        message = error.message if isinstance(error, DomainError) else str(error)
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
+
+
 @cli.command("export-schema")
 def export_schema_cmd() -> None:
     """Print the GraphQL schema (SDL); `make schema` writes it to schema.graphql."""
@@ -156,6 +236,32 @@ def verify_audit() -> None:
         return result.ok
 
     if not _with_services(run):
+        raise typer.Exit(1)
+
+
+@cli.command("rotate-keys")
+def rotate_keys_cmd(
+    batch_size: int = typer.Option(200, min=1, help="Rows re-encrypted per transaction."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would change."),
+) -> None:
+    """Re-encrypt every vault secret under the primary key of TRADEGRAPH_VAULT_KEYS.
+
+    Idempotent and resumable: safe to stop and run again. Keep the old keys configured
+    until it reports nothing left to rotate and no failures.
+    """
+    from tradegraph.brokers.rotation import RotationReport, rotate_keys
+    from tradegraph.services import Services
+
+    async def run(services: Services) -> RotationReport:
+        return await rotate_keys(
+            services.db, services.keyring, batch_size=batch_size, dry_run=dry_run
+        )
+
+    report = _with_services(run)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.ok:
+        typer.echo("some values could not be decrypted: is an old key missing?", err=True)
         raise typer.Exit(1)
 
 

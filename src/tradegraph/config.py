@@ -8,11 +8,12 @@ a SQLite file under ``var/``, in-process pub/sub, the sequencer inside the API p
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
 
@@ -27,13 +28,14 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: str | None = None
     redis_prefix: str = "tg"
-    db_pool_size: int = 10
+    db_pool_size: int = 30
     db_echo: bool = False
 
     # HTTP surface
     host: str = "127.0.0.1"
     port: int = 8000
-    cors_origins: list[str] = Field(default_factory=list)
+    # Comma-separated in the environment (NoDecode: not parsed as JSON first).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 1_000_000
     public_url: str = "http://127.0.0.1:8000"
 
@@ -73,11 +75,61 @@ class Settings(BaseSettings):
     engine_mode: Literal["embedded", "remote"] = "embedded"
     engine_request_timeout_seconds: float = 10.0
 
+    # HMAC secret shared with the payment provider; empty disables /webhooks/deposits
+    deposit_webhook_secret: str = ""
+
+    # Periodic jobs (gatekeeper re-validation...), each run by one leader-locked worker
+    background_jobs: bool = True
+
     # Demo and embedded runtime
+    market_maker: bool = False
     demo_faucet: bool = False
     broker_sandbox: bool = False
     log_json: bool = True
     log_level: str = "INFO"
+
+    # Brokers. Empty credentials mean "not configured"; TRADEGRAPH_BROKER_SANDBOX fills
+    # them with the local fakes' well-known values instead.
+    broker_redirect_uris: str = ""  # comma-separated allowlist for startBrokerLink
+    broker_timeout_seconds: float = 15.0  # hard budget of one broker call in a request
+    broker_fx_rates: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "USD": Decimal(1),
+            "USDT": Decimal(1),
+            "USDC": Decimal(1),
+            "EUR": Decimal("1.08"),
+            "GBP": Decimal("1.27"),
+            "INR": Decimal("0.012"),
+        }
+    )  # units of USD per unit of currency, for summaries in a chosen currency
+    deriv_app_id: str = ""
+    deriv_oauth_url: str = "https://oauth.deriv.com/oauth2/authorize"
+    deriv_ws_url: str = "wss://ws.derivws.com/websockets/v3"
+    kite_api_key: str = ""
+    kite_api_secret: str = ""
+    kite_login_url: str = "https://kite.zerodha.com/connect/login"
+    kite_api_url: str = "https://api.kite.trade"
+    bingx_api_url: str = "https://open-api.bingx.com"
+    bingx_referrer_id: str = ""  # the referrer's BingX uid (the gatekeeper's check)
+    bingx_referrer_api_key: str = ""  # the referrer's agent key, for inviteRelationCheck
+    bingx_referrer_api_secret: str = ""
+    bingx_signup_url: str = ""  # the referral signup link shown as the next step
+    gatekeeper_min_deposit_usd: Decimal = Decimal(200)
+    gatekeeper_deposit_window_days: int = 5
+    gatekeeper_interval_seconds: int = 24 * 3600
+
+    # Market data. The simulator is the embedded default's price source for SIM-venue
+    # instruments (tests turn it off); Binance/Deriv feeds are off until symbols are set,
+    # as "VENUE:OURS,..." pairs, e.g. "BTCUSDT:BTCUSD" or "frxEURUSD:EURUSD".
+    market_simulator: bool = True
+    market_simulator_seed: int = 7
+    market_mark_interval_seconds: float = 1.0  # at most one mark-price command per symbol
+    candle_grace_ms: int = 2_000  # a tick this late still corrects its bar
+    candle_publish_interval_seconds: float = 0.5  # forming-bar updates per topic, at most
+    market_binance_symbols: str = ""
+    market_binance_url: str = "wss://stream.binance.com:9443"
+    market_deriv_symbols: str = ""
+    market_deriv_url: str = ""  # full websocket URL; default deriv_ws_url?app_id=...
 
     @field_validator("cors_origins", mode="before")
     @classmethod

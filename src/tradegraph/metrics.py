@@ -52,5 +52,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.engine_batch_size = Histogram(
+            "tradegraph_engine_batch_commands",
+            "Commands per sequencer batch (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.engine_commit_seconds = Histogram(
+            "tradegraph_engine_commit_seconds",
+            "Time to apply and commit one sequencer batch.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=self.registry,
+        )
+        self.engine_failures = Counter(
+            "tradegraph_engine_failed_batches_total",
+            "Sequencer batches whose commit failed (each triggers a rebuild).",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

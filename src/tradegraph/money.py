@@ -88,10 +88,11 @@ def to_minor(
         raise DomainError("value is out of range", code=code, field=field)
     shift = exponent + decimals
     magnitude = int("".join(map(str, digits)))
+    scale: int = 10 ** abs(shift)  # int ** non-negative int is an int (mypy can't tell)
     if shift >= 0:
-        units = magnitude * 10**shift
+        units = magnitude * scale
     else:
-        units, rest = divmod(magnitude, 10**-shift)
+        units, rest = divmod(magnitude, scale)
         if rest:
             raise DomainError(
                 f"{dec} has more than {decimals} decimal places", code=code, field=field
@@ -129,9 +130,10 @@ def rescale(units: int, from_decimals: int, to_decimals: int) -> int:
     """
     _check_decimals(from_decimals)
     _check_decimals(to_decimals)
+    scale: int = 10 ** abs(to_decimals - from_decimals)
     if to_decimals >= from_decimals:
-        return units * 10 ** (to_decimals - from_decimals)
-    q, r = divmod(units, 10 ** (from_decimals - to_decimals))
+        return units * scale
+    q, r = divmod(units, scale)
     if r:
         raise ValueError(f"{units} at {from_decimals} decimals is not exact at {to_decimals}")
     return q

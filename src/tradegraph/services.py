@@ -6,11 +6,16 @@ One instance per app; nothing here is a module global, so tests can run several 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
 from tradegraph.audit.service import AuditLog
+from tradegraph.brokers.gatekeeper import run_gatekeeper_forever
+from tradegraph.brokers.service import BrokerService
 from tradegraph.bus import InProcessBus, RedisStreamsBus
 from tradegraph.config import Settings
 from tradegraph.db import Database
@@ -18,6 +23,8 @@ from tradegraph.events import EventPublisher
 from tradegraph.exchange.runtime import ExchangeRuntime
 from tradegraph.exchange.service import ExchangeService
 from tradegraph.identity.service import IdentityService
+from tradegraph.jobs.leader import LeaderLock
+from tradegraph.marketdata.service import MarketDataService
 from tradegraph.metrics import Metrics
 from tradegraph.notifications.service import NotificationService
 from tradegraph.pubsub import PubSub
@@ -78,7 +85,17 @@ class Services:
             audit=self.audit,
             notifications=self.notifications,
         )
+        self.brokers = BrokerService(
+            settings=settings,
+            db=self.db,
+            audit=self.audit,
+            keyring=self.keyring,
+            metrics=self.metrics,
+        )
         self._build_exchange()
+        self.marketdata = MarketDataService(
+            settings, self.db, self.pubsub, self.bus, registry=self.metrics.registry
+        )
 
     def _build_exchange(self) -> None:
         settings = self.settings
@@ -100,14 +117,79 @@ class Services:
             self.db, self.bus, request_timeout=settings.engine_request_timeout_seconds
         )
         self.exchange_runtime = ExchangeRuntime(
-            self.db, self.pubsub, self.bus, demo_faucet=settings.demo_faucet, embedded=embedded
+            self.db,
+            self.pubsub,
+            self.bus,
+            demo_faucet=settings.demo_faucet,
+            embedded=embedded,
+            metrics=self.metrics,
         )
 
     async def start(self) -> None:
         await self.pubsub.connect()
+        await self.brokers.start()  # the fake brokers, in sandbox mode only
         await self.exchange_runtime.start()
+        await self.marketdata.start()  # simulator, feeds, candles, SIM marks
+        self._stop_jobs = asyncio.Event()
+        self._jobs: list[asyncio.Task[None]] = []
+        if self.settings.market_maker:
+            await self._start_market_maker()
+        if self.settings.background_jobs:
+            self._jobs.append(
+                asyncio.create_task(self._leader_job("gatekeeper", run_gatekeeper_forever))
+            )
+
+    async def _leader_job(
+        self, name: str, job: Callable[[Services, asyncio.Event], Awaitable[None]]
+    ) -> None:
+        """Run ``job`` in exactly one process: the holder of its leader lock.
+
+        Every API worker starts this; the others wait for the lock, so when the holder
+        dies another worker takes the job over.
+        """
+        lock = LeaderLock(self.db, f"{self.settings.redis_prefix}:job:{name}")
+        acquire = asyncio.ensure_future(lock.acquire(wait=True))
+        stopper = asyncio.ensure_future(self._stop_jobs.wait())
+        try:
+            await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not acquire.done() or acquire.exception() is not None:
+                return
+            stop = asyncio.Event()
+            lost = asyncio.ensure_future(lock.lost.wait())
+            runner = asyncio.ensure_future(job(self, stop))
+            await asyncio.wait({runner, stopper, lost}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            await runner
+            lost.cancel()
+        except Exception:
+            log.exception("background job %s failed", name)
+        finally:
+            acquire.cancel()
+            stopper.cancel()
+            await lock.release()
+
+    async def _start_market_maker(self) -> None:
+        """Quote the demo books from the seeded market-maker account (``make run``)."""
+        from tradegraph.demo import MARKET_MAKER_EMAIL, principal_for, spot_account
+        from tradegraph.exchange.market_maker import MarketMaker
+
+        bot = await self.identity.get_user_by_email(MARKET_MAKER_EMAIL)
+        if bot is None:
+            log.warning("market maker not started: run `tradegraph seed-demo` first")
+            return
+        account = await spot_account(self, bot)
+        self.market_maker = MarketMaker(self.exchange, principal_for(bot), account.id)
+        self._jobs.append(asyncio.create_task(self.market_maker.run(self._stop_jobs)))
 
     async def stop(self) -> None:
+        if getattr(self, "_stop_jobs", None) is not None:
+            self._stop_jobs.set()
+            for task in self._jobs:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 10)
+            self._jobs = []
+        await self.brokers.stop()
+        await self.marketdata.stop()  # flushes closed bars; before the bus closes
         await self.exchange_runtime.stop()
         await self.pubsub.disconnect()
         if self.redis is not None:

@@ -281,3 +281,46 @@ async def test_place_orders_bulk_each_on_its_own(client):
         token=alice,
     )
     assert too_many["data"]["placeOrders"]["errors"][0]["code"] == "INVALID_INPUT"
+
+
+async def test_admin_credit_and_halt(client, services):
+    from tradegraph.identity.models import Role, User
+
+    admin = await register(client, email="root@example.com", display_name="Root")
+    from tradegraph.graphql.ids import decode_id
+
+    async with services.db.session() as s:
+        user = await s.get(User, decode_id(admin["user"]["id"], "User"))
+        user.role = Role.ADMIN
+        await s.commit()
+    alice, acct = await trader(client, "alice@example.com", kind="SPOT")
+    credit = """mutation($i: AdminCreditAccountInput!) { adminCreditAccount(input: $i) {
+      balance { total } errors { code } } }"""
+    denied = await gql(
+        client, credit, {"i": {"accountId": acct, "asset": "USD", "amount": "500"}}, token=alice
+    )
+    assert denied["data"]["adminCreditAccount"]["errors"][0]["code"] == "FORBIDDEN"
+    done = await gql(
+        client,
+        credit,
+        {"i": {"accountId": acct, "asset": "USD", "amount": "500", "reference": "wire 42"}},
+        token=admin["accessToken"],
+    )
+    assert done["data"]["adminCreditAccount"] == {"balance": {"total": "500.000000"}, "errors": []}
+    halt = """mutation($h: Boolean!) { adminSetInstrumentStatus(symbol: "BTC-USD", halted: $h) {
+      instrument { status } errors { code } } }"""
+    halted = await gql(client, halt, {"h": True}, token=admin["accessToken"])
+    assert halted["data"]["adminSetInstrumentStatus"]["instrument"]["status"] == "HALTED"
+    # Only the admin was refused here; the trader's order is refused while halted.
+    from tradegraph.identity.models import AccessLevel
+
+    async with services.db.session() as s:
+        u = await s.get(User, (await services.identity.get_user_by_email("alice@example.com")).id)
+        u.access_level = AccessLevel.FULL
+        await s.commit()
+    refused = await place(client, alice, acct, side="BUY", quantity="0.01", price="100")
+    assert refused["errors"][0]["code"] == "INSTRUMENT_HALTED"
+    resumed = await gql(client, halt, {"h": False}, token=admin["accessToken"])
+    assert resumed["data"]["adminSetInstrumentStatus"]["instrument"]["status"] == "TRADING"
+    accepted = await place(client, alice, acct, side="BUY", quantity="0.01", price="100")
+    assert accepted["errors"] == []

@@ -22,11 +22,13 @@ Choices the sequencer author should know
   up *cumulatively per order*: after each fill an order has paid exactly
   ``ceil(sum(notional_i * bps_i) / 10_000)``, so many small fills can't cost more than
   one big one, and a buy never pays more fee than it reserved.
-* **Reservations.**  A buy locks ``notional(limit, qty) + fee`` (fee at the worst rate the
-  order can pay: taker for IOC/FOK/market, maker for post-only, else the larger of the
-  two); a sell locks its base quantity.  Each fill consumes what it costs and releases
-  what is no longer needed (better price, maker instead of taker fee) at once, so an
-  account's ``locked`` always equals the sum of ``reserved`` over its open orders.
+* **Reservations.**  A buy locks ``notional(limit, qty) + fee`` at the worst fee rate it
+  can still pay: the maker rate for an order that rests (it can never take afterwards),
+  the taker rate for IOC/FOK/market orders, the larger of the two for a GTC limit that
+  crosses (or a pending stop) until it comes to rest.  A sell locks its base quantity.
+  Each fill consumes what it costs and releases what is no longer needed (better price,
+  maker instead of taker fee) at once, so an account's ``locked`` always equals the sum
+  of ``reserved`` over its open orders.
 * **Market orders** trade no worse than a protection price ``best opposite * (1 +/- band)``
   (``market_band_bps``, per engine).  A market buy gives either ``quantity`` (funds are
   reserved at the protection price, so it can never overdraw) or ``quote_quantity``, a
@@ -51,16 +53,24 @@ Choices the sequencer author should know
   ``replayed=True`` and no effects); any other request with that id is
   ``DUPLICATE_CLIENT_ORDER_ID``.  The sequencer prunes with
   :meth:`Engine.forget_client_order_id` after its retention period.
-* **Effects** of a command come in order.  Each :class:`Trade` is one ledger transaction
-  (:meth:`Trade.postings` expands it into double-entry :class:`Posting` rows; deposits,
-  withdrawals and credits are emitted as postings directly; :func:`ledger_postings` does
-  both).  Book changes are grouped into one :class:`BookDelta` per symbol per command
-  (absolute level sizes, 0 = removed, Coinbase level2 style; apply in order) carrying the
-  gap-free ``book:SYM`` sequence; trades carry their ``trades:SYM`` sequence.
-  :class:`BalanceUpdate` rows come last, one per touched (account, asset), absolute.
+* **Effects.**  Each command returns its own effects in order: :class:`OrderUpdate`
+  (every state change of every order it touched), :class:`Trade` (one ledger transaction
+  each; :meth:`Trade.postings` expands it into double-entry :class:`Posting` rows, and
+  deposits/withdrawals/credits emit postings directly; :func:`ledger_postings` does both),
+  :class:`MarkPrice`, :class:`InstrumentStatusChanged`.  What is naturally per *batch*
+  comes from :meth:`Engine.flush`, which the sequencer calls once per batch before its
+  commit: one :class:`BookDelta` per changed symbol (absolute level sizes, 0 = removed,
+  coalesced over the batch, Coinbase level2 style, with the gap-free ``book:SYM``
+  sequence) and one :class:`BalanceUpdate` per touched (account, asset) with its final
+  values.  So a cell touched by 50 commands in a batch is written once.  Calling
+  ``flush()`` after every command gives per-command granularity.  Trades carry their
+  gap-free ``trades:SYM`` sequence.
 
-Effects and results are ``NamedTuple`` s built with ``tuple.__new__`` on the hot path:
-roughly half the cost of a dataclass here, and they map straight onto insert rows.
+Performance notes: effects and results are ``NamedTuple`` s built with ``tuple.__new__``
+(about half the cost of a dataclass here, and they map straight onto insert rows); plain
+GTC limits and plain market orders take flat "happy path" lanes in :meth:`Engine.place`
+that hand anything unusual, including every error, to the general path; the match loops
+are specialised per side.  ``bench/bench_engine.py`` measures all of it.
 """
 
 from __future__ import annotations
@@ -159,12 +169,14 @@ class InstrumentSpec:
     @property
     def quote_mult(self) -> int:
         """Quote minor units per (price unit x qty unit)."""
-        return 10 ** (self.quote_decimals - self.price_decimals - self.qty_decimals)
+        mult: int = 10 ** (self.quote_decimals - self.price_decimals - self.qty_decimals)
+        return mult
 
     @property
     def base_mult(self) -> int:
         """Base minor units per qty unit."""
-        return 10 ** (self.base_decimals - self.qty_decimals)
+        mult: int = 10 ** (self.base_decimals - self.qty_decimals)
+        return mult
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,9 +681,11 @@ class Engine:
         return m.spec
 
     def symbols(self) -> list[str]:
+        """Registered instrument symbols, in registration order."""
         return list(self._markets)
 
     def asset_decimals(self, asset: str) -> int:
+        """Decimals of a registered asset (for converting amounts at the edges)."""
         d = self._assets.get(asset)
         if d is None:
             raise _err("UNKNOWN_ASSET", f"unknown asset {asset!r}", "asset")
@@ -722,6 +736,7 @@ class Engine:
         command gives per-command granularity.
         """
         fx: list[Effect] = []
+        dirty = self._dirty
         for m in self._markets.values():
             bch = m.bids.changes
             ach = m.asks.changes
@@ -732,8 +747,7 @@ class Engine:
                 ach.clear()
                 m.book_seq += 1
                 fx.append(_tnew(BookDelta, (m.symbol, m.book_seq, changes)))
-        for c in self._dirty:
-            fx.append(_tnew(BalanceUpdate, (c.account_id, c.asset, c.total, c.locked)))
+        fx += [_tnew(BalanceUpdate, (c.account_id, c.asset, c.total, c.locked)) for c in dirty]
         self._dirty = []
         self._batch += 1
         return fx
@@ -859,31 +873,41 @@ class Engine:
     def place(self, req: OrderRequest) -> tuple[PlaceResult, list[Effect]]:
         """Validate, reserve, match, then rest or end the order; then run triggered stops.
 
-        A plain GTC limit (most traffic) takes a happy-path lane that checks everything
-        in one go and hands anything unusual, including every error, to the general path
-        (:meth:`_place`), the single source of truth for error codes.  Both lanes are
-        written flat on purpose: every call and attribute load shows in the benchmark.
+        Plain GTC limits and plain market orders (nearly all traffic) take happy-path
+        lanes that check everything in one go and hand anything unusual, including every
+        error, to the general path (:meth:`_place`), the single source of truth for error
+        codes.  The lanes are written flat on purpose: every call and attribute load shows
+        in ``bench/bench_engine.py``.
         """
         m = self._markets.get(req.symbol)
-        price = req.price
         qty = req.quantity
-        if not (
-            m is not None
-            and req.type == LIMIT
-            and req.time_in_force == GTC
-            and req.stop_price is None
-            and req.quote_quantity is None
-            and req.client_order_id is None
-            and price is not None
-            and qty is not None
-            and price > 0
-            and qty > 0
-            and not m.halted
-            and not price % m.tick
-            and not qty % m.lot
-            and qty >= m.min_qty
-            and req.stp in _STP_MODES
+        if (
+            m is None
+            or qty is None
+            or qty <= 0
+            or m.halted
+            or qty % m.lot
+            or qty < m.min_qty
+            or req.stop_price is not None
+            or req.quote_quantity is not None
+            or req.client_order_id is not None
+            or req.stp not in _STP_MODES
         ):
+            return self._place(req)
+        otype = req.type
+        if otype != LIMIT or req.time_in_force != GTC:
+            if (
+                otype == MARKET
+                and not req.post_only
+                and req.price is None
+                and req.time_in_force in (GTC, IOC)
+            ):
+                return self._place_market(req, m, qty)
+            return self._place(req)
+
+        # ---- lane: plain GTC limit
+        price = req.price
+        if price is None or price <= 0 or price % m.tick:
             return self._place(req)
         side = req.side
         if side == BUY:
@@ -910,8 +934,8 @@ class Engine:
         cells = a.cells
         bc: _Cell | None
         qc: _Cell | None
-        if is_buy:
-            res_bps = m.maker_bps if post_only else m.gtc_bps
+        if is_buy:  # resting can only ever pay the maker fee; taking may pay the taker fee
+            res_bps = m.gtc_bps if crosses else m.maker_bps
             reserve = n - (-(n * res_bps) // BPS)
             c = cells.get(m.quote)
             if c is None or c.total - c.locked < reserve:
@@ -955,16 +979,23 @@ class Engine:
         o.base_cell = bc
         o.quote_cell = qc
         o.status = NEW
-        o.live = o.triggered = False
+        o.triggered = False
         c.locked += reserve
         if c.stamp != self._batch:
             c.stamp = self._batch
             self._dirty.append(c)
         if crosses:
+            o.live = False
             fx: list[Effect] = []
             self._fx = fx
             trades: list[Trade] = []
-            snap = self._run(o, m, trades, False, GTC)
+            outcome = self._match_buy(o, m, trades) if is_buy else self._match_sell(o, m, trades)
+            if outcome == 1:
+                snap = self._end(o, FILLED, None)
+            elif outcome == 2:
+                snap = self._end(o, EXPIRED, "STP")
+            else:
+                snap = self._rest(o, m)
             result: PlaceResult = _tnew(PlaceResult, (snap, trades, False))
             if m.stops:
                 self._check_stops(m)
@@ -984,6 +1015,72 @@ class Engine:
             OrderUpdate, (oid, NEW, 0, qty, 0, 0, 0, reserve, 0, price, prio, False, None, req)
         )
         return _tnew(PlaceResult, (snap, [], False)), [snap]
+
+    def _place_market(
+        self, req: OrderRequest, m: _Market, qty: int
+    ) -> tuple[PlaceResult, list[Effect]]:
+        """Happy-path lane for a plain market order by quantity (see :meth:`place`)."""
+        side = req.side
+        if side == BUY:
+            is_buy = True
+            okeys = m.asks.keys
+        elif side == SELL:
+            is_buy = False
+            okeys = m.bids.keys
+        else:
+            return self._place(req)
+        if not okeys:  # nothing to trade against: the general path expires it
+            return self._place(req)
+        acct = req.account_id
+        a = self._accounts.get(acct)
+        if a is None:
+            return self._place(req)
+        limit = self._protection(m, is_buy)
+        cells = a.cells
+        bc: _Cell | None
+        qc: _Cell | None
+        if is_buy:
+            res_bps = m.taker_bps
+            n = limit * qty * m.qm
+            reserve = n - (-(n * res_bps) // BPS)
+            c = cells.get(m.quote)
+            if c is None or c.total - c.locked < reserve:
+                return self._place(req)
+            qc = c
+            bc = cells.get(m.base)
+            if bc is None:
+                bc = cells[m.base] = _Cell(acct, m.base)
+        else:
+            res_bps = 0
+            reserve = qty * m.bm
+            c = cells.get(m.base)
+            if c is None or c.total - c.locked < reserve:
+                return self._place(req)
+            bc = c
+            qc = cells.get(m.quote)
+            if qc is None:
+                qc = cells[m.quote] = _Cell(acct, m.quote)
+        oid = self._next_order_id
+        self._next_order_id = oid + 1
+        prio = self._next_priority
+        self._next_priority = prio + 1
+        o = _Order(oid, req, m, is_buy, limit, qty, -1, res_bps, reserve, prio, bc, qc, a)
+        c.locked += reserve
+        if c.stamp != self._batch:
+            c.stamp = self._batch
+            self._dirty.append(c)
+        fx: list[Effect] = []
+        self._fx = fx
+        trades: list[Trade] = []
+        outcome = self._match_buy(o, m, trades) if is_buy else self._match_sell(o, m, trades)
+        if outcome == 1:
+            snap = self._end(o, FILLED, None)
+        else:
+            snap = self._end(o, EXPIRED, "STP" if outcome == 2 else "MARKET")
+        result: PlaceResult = _tnew(PlaceResult, (snap, trades, False))
+        if m.stops:
+            self._check_stops(m)
+        return result, fx
 
     def _place(self, req: OrderRequest) -> tuple[PlaceResult, list[Effect]]:
         """General placement path: every order type, every check, every error code."""
@@ -1061,10 +1158,10 @@ class Engine:
                 res_bps = m.taker_bps
             else:
                 n = limit * qty * qm  # type: ignore[operator]
-                if post_only:
-                    res_bps = m.maker_bps
+                if post_only or (tif == GTC and not is_market and not crosses and not is_stop):
+                    res_bps = m.maker_bps  # it will rest: only the maker fee can apply
                 elif tif == GTC and not is_market:
-                    res_bps = m.gtc_bps
+                    res_bps = m.gtc_bps  # may take first, then rest
                 else:
                     res_bps = m.taker_bps
             reserve = n - (-(n * res_bps) // BPS)
@@ -1119,7 +1216,7 @@ class Engine:
         elif is_market:
             snap = self._end(o, EXPIRED, "NO_LIQUIDITY")
         elif tif != GTC:  # IOC/FOK limit with nothing to take
-            snap = self._end(o, EXPIRED, tif)
+            snap = self._end(o, EXPIRED, str(tif))
         else:
             snap = self._rest(o, m)
         result: PlaceResult = _tnew(PlaceResult, (snap, trades, False))
@@ -1204,10 +1301,20 @@ class Engine:
         if is_market:
             return self._end(o, EXPIRED, "MARKET")
         if tif != GTC:
-            return self._end(o, EXPIRED, tif)
+            return self._end(o, EXPIRED, str(tif))
         return self._rest(o, m)
 
     def _rest(self, o: _Order, m: _Market) -> OrderUpdate:
+        """Put a (possibly partly filled) order in the book.  From now on it can only pay
+        the maker fee, so a buy's reservation drops to that rate."""
+        if o.is_buy and o.res_bps != m.maker_bps:
+            o.res_bps = m.maker_bps
+            rest = o.limit * o.remaining * m.qm
+            need = rest - (-(o.fee_num + rest * o.res_bps) // BPS) - o.fee_paid
+            c = o.quote_cell
+            c.locked -= o.reserved - need
+            o.reserved = need
+            self._touch(c)
         o.status = PARTIALLY_FILLED if o.filled else NEW
         side = m.bids if o.is_buy else m.asks
         lvl = side.level_for(o.limit)
@@ -1638,7 +1745,7 @@ class Engine:
         elif is_market:
             self._end(o, EXPIRED, "MARKET")
         elif tif != GTC:
-            self._end(o, EXPIRED, tif)
+            self._end(o, EXPIRED, str(tif))
         else:
             self._rest(o, m)
 
@@ -1743,10 +1850,12 @@ class Engine:
         return BookSnapshot(symbol, m.book_seq, m.bids.depth(levels), m.asks.depth(levels))
 
     def best_bid_ask(self, symbol: str) -> tuple[int | None, int | None]:
+        """Top of book prices (``None`` for an empty side)."""
         m = self._market(symbol)
         return m.bids.best_price(), m.asks.best_price()
 
     def last_price(self, symbol: str) -> int | None:
+        """Last trade or mark price, the one stops trigger on (persist it for rebuilds)."""
         return self._market(symbol).last
 
     def get_order(self, account_id: int, order_id: int) -> OrderUpdate | None:
@@ -1803,6 +1912,7 @@ class Engine:
             raise ValueError("restore_order must be called in ascending priority")
         m.last_restored = state.priority
         is_buy = req.side == BUY
+        pending_stop = req.type in (STOP_LIMIT, STOP_MARKET) and not state.triggered
         o = _Order(
             state.order_id,
             req,
@@ -1811,7 +1921,7 @@ class Engine:
             state.limit_price,
             state.remaining_qty,
             state.budget_left if req.quote_quantity is not None else -1,
-            _reserve_bps(m, req),
+            _reserve_bps(m, req, pending_stop),
             state.reserved,
             state.priority,
             self._cell(req.account_id, m.base),
@@ -1824,7 +1934,7 @@ class Engine:
         o.fee_num = state.fee_accrued
         o.status = state.status
         o.triggered = state.triggered
-        if req.type in (STOP_LIMIT, STOP_MARKET) and not state.triggered:
+        if pending_stop:
             m.stops.append(o)
             m.refresh_stop_bounds()
         else:
@@ -1860,6 +1970,7 @@ class Engine:
         self._coids.pop((account_id, client_order_id), None)
 
     def counters(self) -> EngineCounters:
+        """Id counters and per-topic sequences, to persist with each batch."""
         topics: dict[str, int] = {}
         for sym, m in self._markets.items():
             topics[f"book:{sym}"] = m.book_seq
@@ -2009,13 +2120,14 @@ def _check_shape(req: OrderRequest, is_buy: bool) -> tuple[bool, bool, TimeInFor
     return is_stop, is_market, tif
 
 
-def _reserve_bps(m: _Market, req: OrderRequest) -> int:
-    """The fee rate a buy's reservation assumes (mirrors :meth:`Engine.place`)."""
+def _reserve_bps(m: _Market, req: OrderRequest, pending_stop: bool) -> int:
+    """The fee rate an open buy's reservation assumes (mirrors :meth:`Engine.place`):
+    a resting order can only pay the maker fee; a pending stop may still take."""
     if req.side != BUY:
         return 0
-    if req.post_only:
+    if not pending_stop or req.post_only:
         return m.maker_bps
-    if req.type in (LIMIT, STOP_LIMIT) and req.time_in_force == GTC:
+    if req.type == STOP_LIMIT and req.time_in_force == GTC:
         return m.gtc_bps
     return m.taker_bps
 

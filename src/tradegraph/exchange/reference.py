@@ -14,6 +14,13 @@ ASSETS: tuple[tuple[str, str, int], ...] = (
     ("BTC", "Bitcoin", 8),
     ("ETH", "Ether", 8),
     ("SOL", "Solana", 8),
+    # SIM-venue underlyings and quote currencies (feed-priced CFDs).
+    ("EUR", "Euro", 2),
+    ("GBP", "British Pound", 2),
+    ("JPY", "Japanese Yen", 3),  # 3 places so USDJPY (3 price decimals) x 1 USD is exact
+    ("XAU", "Gold (troy ounce)", 4),
+    ("US30", "Dow Jones 30 index unit", 2),
+    ("NAS100", "Nasdaq 100 index unit", 2),
 )
 
 # symbol, base, quote, price decimals, qty decimals, tick, lot, min notional (USD units)
@@ -21,6 +28,21 @@ INSTRUMENTS: tuple[tuple[str, str, str, int, int, int, int, int], ...] = (
     ("BTC-USD", "BTC", "USD", 2, 4, 1, 1, 1_000_000),
     ("ETH-USD", "ETH", "USD", 2, 4, 1, 1, 1_000_000),
     ("SOL-USD", "SOL", "USD", 2, 2, 1, 1, 1_000_000),
+)
+
+# SIM venue: filled at feed (market simulator) prices, marked by the market-data service.
+# Price decimals match the simulator's symbols; quantity decimals are as fine as the quote
+# asset allows (quote decimals >= price + quantity decimals). No maker/taker fee here:
+# what a SIM fill costs is the account's plan's business, not the instrument's.
+SIM_INSTRUMENTS: tuple[tuple[str, str, str, int, int, int, int, int], ...] = (
+    ("EURUSD", "EUR", "USD", 5, 0, 1, 1, 1_000_000),
+    ("GBPUSD", "GBP", "USD", 5, 0, 1, 1, 1_000_000),
+    ("USDJPY", "USD", "JPY", 3, 0, 1, 1, 100_000),
+    ("XAUUSD", "XAU", "USD", 2, 2, 1, 1, 1_000_000),
+    ("US30", "US30", "USD", 1, 2, 1, 1, 1_000_000),
+    ("NAS100", "NAS100", "USD", 1, 2, 1, 1, 1_000_000),
+    ("BTCUSD", "BTC", "USD", 2, 4, 1, 1, 1_000_000),
+    ("ETHUSD", "ETH", "USD", 2, 4, 1, 1, 1_000_000),
 )
 MAKER_FEE_BPS = 10
 TAKER_FEE_BPS = 20
@@ -37,23 +59,26 @@ async def ensure_reference(db: Database) -> list[str]:
                 added.append(code)
         await session.flush()
         have = set(await session.scalars(select(m.Instrument.symbol)))
-        for symbol, base, quote, pd, qd, tick, lot, min_notional in INSTRUMENTS:
+        venues = [(row, m.Venue.CLOB) for row in INSTRUMENTS]
+        venues += [(row, m.Venue.SIM) for row in SIM_INSTRUMENTS]
+        for (symbol, base, quote, pd, qd, tick, lot, min_notional), venue in venues:
             if symbol in have:
                 continue
+            clob = venue is m.Venue.CLOB
             session.add(
                 m.Instrument(
                     symbol=symbol,
                     base_asset=base,
                     quote_asset=quote,
-                    venue=m.Venue.CLOB,
+                    venue=venue,
                     price_decimals=pd,
                     qty_decimals=qd,
                     tick=tick,
                     lot=lot,
                     min_qty=lot,
                     min_notional=min_notional,
-                    maker_fee_bps=MAKER_FEE_BPS,
-                    taker_fee_bps=TAKER_FEE_BPS,
+                    maker_fee_bps=MAKER_FEE_BPS if clob else 0,
+                    taker_fee_bps=TAKER_FEE_BPS if clob else 0,
                 )
             )
             added.append(symbol)

@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tradegraph.bus import InProcessBus
 from tradegraph.db import Database
 from tradegraph.errors import DomainError
 from tradegraph.exchange import models as m
 from tradegraph.exchange.sequencer import Sequencer
 from tradegraph.exchange.store import ExchangeStore
 from tradegraph.exchange.ticker import TickerBoard
+from tradegraph.metrics import Metrics
 from tradegraph.pubsub import PubSub
 
 log = logging.getLogger("tradegraph.exchange")
@@ -79,7 +81,15 @@ class ExchangeRuntime:
     """Owns the embedded sequencer and its helper tasks."""
 
     def __init__(
-        self, db: Database, pubsub: PubSub, bus: Any, *, demo_faucet: bool, embedded: bool
+        self,
+        db: Database,
+        pubsub: PubSub,
+        bus: Any,
+        *,
+        demo_faucet: bool,
+        embedded: bool,
+        store: ExchangeStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.pubsub = pubsub
@@ -88,7 +98,12 @@ class ExchangeRuntime:
         self.board = TickerBoard()
         self.publisher = EnginePublisher(pubsub, self.board)
         self.sequencer = Sequencer(
-            ExchangeStore(db), bus, self.publisher.enqueue, demo_faucet=demo_faucet
+            store or ExchangeStore(db),
+            bus,
+            self.publisher.enqueue,
+            demo_faucet=demo_faucet,
+            log_commands=not isinstance(bus, InProcessBus),
+            metrics=metrics,
         )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +128,14 @@ class ExchangeRuntime:
             if self._tasks[0].done() and self._tasks[0].exception():
                 raise RuntimeError("the sequencer failed to start") from self._tasks[0].exception()
             raise RuntimeError("the sequencer did not become ready in 30 s")
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The sequencer task's exception, if it died."""
+        task = self._tasks[0] if self._tasks else None
+        if task is not None and task.done() and not task.cancelled():
+            return task.exception()
+        return None
 
     async def stop(self) -> None:
         self._stop.set()
@@ -143,7 +166,8 @@ class ExchangeRuntime:
             for symbol in touched:
                 try:
                     bid, ask = engine_of.engine.best_bid_ask(symbol)
-                except Exception:
+                except DomainError:  # the symbol vanished during a rebuild
+                    log.debug("no book for %s", symbol)
                     continue
                 self.board.on_top(symbol, bid, ask)
             now = time.time()

@@ -37,6 +37,7 @@ from tradegraph.exchange.engine import (
     Trade,
 )
 from tradegraph.exchange.store import BatchWrite, ExchangeStore, order_from_row
+from tradegraph.metrics import Metrics
 
 log = logging.getLogger("tradegraph.sequencer")
 
@@ -138,6 +139,8 @@ class Sequencer:
         publish: Publish,
         *,
         demo_faucet: bool = False,
+        log_commands: bool = True,
+        metrics: Metrics | None = None,
         max_batch: int = MAX_BATCH,
         batch_wait: float = 0.001,
     ) -> None:
@@ -145,6 +148,10 @@ class Sequencer:
         self.bus = bus
         self.publish = publish
         self.demo_faucet = demo_faucet
+        # The command log answers redelivered commands (Redis Streams); an in-process bus
+        # never redelivers, so the embedded engine skips that write.
+        self.log_commands = log_commands
+        self.metrics = metrics
         self.max_batch = max_batch
         self.batch_wait = batch_wait
         self.engine = Engine(fee_account_id=FEE_ACCOUNT_ID)
@@ -274,6 +281,7 @@ class Sequencer:
 
     async def process(self, batch: list[Any]) -> None:
         """Apply, commit, answer, publish — in that order."""
+        started = time.perf_counter()
         self._batch = BatchWrite()
         self._events = []
         self._ts = utcnow().isoformat()
@@ -292,6 +300,8 @@ class Sequencer:
             self._flush_counters()
             await self.store.commit(self._batch)
         except Exception:
+            if self.metrics is not None:
+                self.metrics.engine_failures.inc()
             failed = {
                 "error": {"code": "ENGINE_UNAVAILABLE", "message": "try again", "field": None}
             }
@@ -299,6 +309,9 @@ class Sequencer:
             raise
         self.batches += 1
         self.commands += len(batch)
+        if self.metrics is not None:
+            self.metrics.engine_batch_size.observe(len(batch))
+            self.metrics.engine_commit_seconds.observe(time.perf_counter() - started)
         await self.bus.reply_many(replies)
         if self._events:
             self.publish(self._events)
@@ -325,7 +338,7 @@ class Sequencer:
             result: dict[str, Any] = handler(incoming.payload)
         except DomainError as error:
             result = error_result(error)
-        if incoming.kind not in ("book",):
+        if self.log_commands and incoming.kind not in ("book", "mark_price"):
             self._batch.commands.append(
                 {
                     "command_id": incoming.command_id,
@@ -625,10 +638,6 @@ class Sequencer:
                 batch.instrument_status[e.symbol] = e.status.value
         for t in (e for e in effects if isinstance(e, Trade)):
             batch.instrument_prices[t.symbol] = t.price
-
-
-def elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000
 
 
 __all__ = ["FEE_ACCOUNT_ID", "InstrumentStatus", "Sequencer", "params_hash"]

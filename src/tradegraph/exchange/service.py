@@ -242,6 +242,26 @@ class ExchangeService:
             },
         )
 
+    async def provider_deposit(
+        self, account_id: int, asset: str, amount: Decimal, reference: str
+    ) -> dict[str, Any]:
+        """A signed payment-provider deposit: credited once per provider reference."""
+        decimals = await self.asset_decimals(asset)
+        units = to_minor(amount, decimals, code="INVALID_AMOUNT", field="amount", allow_zero=False)
+        params = {"account_id": account_id, "asset": asset, "amount": units, "kind": "webhook"}
+        return await self._send(
+            "credit",
+            {
+                **params,
+                "admin": True,
+                "reference": reference,
+                "idempotency_key": f"webhook:{reference}",
+                "params_hash": hashlib.sha256(
+                    json.dumps(params, sort_keys=True).encode()
+                ).hexdigest(),
+            },
+        )
+
     async def to_engine_order(self, order: OrderInput) -> dict[str, Any]:
         """Shape-check and convert one placement (tick/lot are exact or an error)."""
         info = await self.instrument(order.symbol)

@@ -7,7 +7,7 @@ and dialect upserts, so a batch of hundreds of commands is a handful of statemen
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -151,9 +151,15 @@ def _table(model: type[Any]) -> Table:
 class ExchangeStore:
     """Reads and writes the exchange tables for the sequencer."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, *, fence: Callable[[AsyncConnection], Awaitable[None]] | None = None
+    ) -> None:
         self.db = db
+        # In the engine process: a leader-lock check inside each commit transaction, so a
+        # deposed leader can never write after a successor took over.
+        self.fence = fence
         self._insert = sqlite_insert if db.is_sqlite else pg_insert
+        self._upserts: dict[str, Any] = {}
 
     async def _upsert(
         self,
@@ -165,10 +171,13 @@ class ExchangeStore:
     ) -> None:
         if not rows:
             return
-        stmt = self._insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
-        )
+        stmt = self._upserts.get(table.name)
+        if stmt is None:  # built once per table: statement construction is not free
+            insert_stmt = self._insert(table)
+            stmt = insert_stmt.on_conflict_do_update(
+                index_elements=list(keys), set_={c: insert_stmt.excluded[c] for c in update}
+            )
+            self._upserts[table.name] = stmt
         await conn.execute(stmt, list(rows))
 
     async def commit(self, batch: BatchWrite) -> None:
@@ -177,6 +186,8 @@ class ExchangeStore:
             return
         now = utcnow()
         async with self.db.engine.begin() as conn:
+            if self.fence is not None:
+                await self.fence(conn)
             if batch.accounts:
                 await conn.execute(insert(m.Account), batch.accounts)
             if batch.orders:

@@ -33,6 +33,7 @@ from tradegraph.graphql.loaders import (
     instrument_loader,
     stats_loader,
 )
+from tradegraph.graphql.marketdata import sim_stats_loader
 from tradegraph.graphql.pagination import (
     Connection,
     build_connection,
@@ -172,8 +173,13 @@ class Instrument:
             _info=info,
         )
 
-    @strawberry.field(description="Rolling 24-hour open, high, low, last, volume and change.")
+    @strawberry.field(
+        description="Rolling 24-hour open, high, low, last, volume and change (SIM "
+        "instruments: from their feed's M1 candles; no trades there, so quoteVolume is 0)."
+    )
     async def stats24h(self, info: Info) -> Stats24h:
+        if self.venue is Venue.SIM:
+            return stats_from(self._info, await sim_stats_loader(info).load(self.symbol))
         return stats_from(self._info, await stats_loader(info).load(self.symbol))
 
 
@@ -938,6 +944,70 @@ class ExchangeMutation:
         for o in result["orders"]:
             orders.append(Order.build(await service.instrument(o["symbol"]), o, None, now))
         return CancelAllOrdersPayload(orders=orders)
+
+
+@strawberry.input(description="Credit an account (real money arriving, corrections).")
+class AdminCreditAccountInput:
+    account_id: strawberry.ID = strawberry.field(description="Account (global id).")
+    asset: str = strawberry.field(description="Asset code.")
+    amount: Decimal = strawberry.field(description="Positive amount.")
+    reference: str | None = strawberry.field(default=None, description="Why / external id.")
+    idempotency_key: str | None = strawberry.field(default=None, description="Retry-safe key.")
+
+
+@strawberry.type(description="Result of adminSetInstrumentStatus.")
+class InstrumentPayload:
+    instrument: Instrument | None = strawberry.field(default=None, description="The instrument.")
+    errors: list[UserError] = strawberry.field(default_factory=list, description="Failures.")
+
+
+@strawberry.type
+class ExchangeAdminMutation:
+    @strawberry.mutation(description="ADMIN: credit an account from outside (audited).")
+    @returns_payload(DepositPayload)
+    async def admin_credit_account(
+        self, info: Info, input: AdminCreditAccountInput
+    ) -> DepositPayload:
+        principal = info.context.require_principal()
+        service = info.context.services.exchange
+        account_id = account_id_arg(input.account_id)
+        result = await service.admin_credit(
+            principal,
+            account_id,
+            input.asset,
+            input.amount,
+            input.reference,
+            input.idempotency_key,
+        )
+        await info.context.services.audit.record(
+            "account.credit",
+            actor_id=principal.user_id,
+            target_type="account",
+            target_id=str(account_id),
+            data={"asset": input.asset, "amount": str(input.amount), "reference": input.reference},
+        )
+        decimals = await service.asset_decimals(input.asset)
+        return DepositPayload(
+            transaction=await transaction_from(info, result["transaction"]),
+            balance=_balance(decimals, input.asset, result["balance"]),
+        )
+
+    @strawberry.mutation(description="ADMIN: halt or resume trading of an instrument.")
+    @returns_payload(InstrumentPayload)
+    async def admin_set_instrument_status(
+        self, info: Info, symbol: str, halted: bool
+    ) -> InstrumentPayload:
+        principal = info.context.require_principal()
+        service = info.context.services.exchange
+        await service.set_halted(principal, symbol, halted)
+        await info.context.services.audit.record(
+            "instrument.status",
+            actor_id=principal.user_id,
+            target_type="instrument",
+            target_id=symbol,
+            data={"halted": halted},
+        )
+        return InstrumentPayload(instrument=Instrument.from_info(await service.instrument(symbol)))
 
 
 # ---------------------------------------------------------------------- subscriptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from sqlalchemy import Select, select
@@ -17,6 +17,9 @@ from tradegraph.graphql.ids import decode_id
 from tradegraph.identity import models
 from tradegraph.identity.principal import Principal
 from tradegraph.identity.service import SessionTokens
+
+if TYPE_CHECKING:
+    from tradegraph.graphql.brokers import PortfolioSummary
 
 Role = models.Role
 strawberry.enum(Role, description="What a user may administer.")
@@ -53,6 +56,17 @@ class User(relay.Node):
     kyc_status: KycStatus = strawberry.field(description="Identity verification state.")
     two_factor_enabled: bool = strawberry.field(description="Whether login needs a TOTP code.")
     created_at: datetime = strawberry.field(description="When the account was created (UTC).")
+
+    @strawberry.field(
+        description="Balances and P/L of all your linked broker accounts, totalled in "
+        "`currency`; null for anyone but yourself."
+    )
+    async def summary(
+        self, info: Info, currency: str = "USD"
+    ) -> Annotated[PortfolioSummary, strawberry.lazy("tradegraph.graphql.brokers")] | None:
+        from tradegraph.graphql.brokers import portfolio_summary
+
+        return await portfolio_summary(info, str(self.id), currency)
 
     @classmethod
     def from_model(cls, user: models.User) -> User:

@@ -15,6 +15,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry import relay
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -28,15 +29,27 @@ from strawberry.types import ExecutionContext
 from tradegraph.config import Settings
 from tradegraph.errors import DomainError
 from tradegraph.graphql.admin import AdminMutation, AdminRootQuery
+from tradegraph.graphql.brokers import BrokerMutation, BrokerQuery
 from tradegraph.graphql.errors import error_extensions
-from tradegraph.graphql.exchange import ExchangeMutation, ExchangeQuery, ExchangeSubscription
+from tradegraph.graphql.exchange import (
+    ExchangeAdminMutation,
+    ExchangeMutation,
+    ExchangeQuery,
+    ExchangeSubscription,
+)
 from tradegraph.graphql.extensions import CostLimit, Metrics, OperationScope, RateLimit
 from tradegraph.graphql.identity import IdentityMutation, IdentityQuery
+from tradegraph.graphql.marketdata import (
+    CandlesFastPath,
+    MarketDataQuery,
+    MarketDataSubscription,
+)
 from tradegraph.graphql.notifications import (
     NotificationMutation,
     NotificationQuery,
     NotificationSubscription,
 )
+from tradegraph.graphql.scalars import SCALAR_OVERRIDES
 from tradegraph.graphql.system import SystemQuery, SystemSubscription
 
 log = logging.getLogger("tradegraph.graphql")
@@ -48,17 +61,22 @@ QUERIES: tuple[type, ...] = (
     NotificationQuery,
     SystemQuery,
     AdminRootQuery,
+    BrokerQuery,
+    MarketDataQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     IdentityMutation,
     ExchangeMutation,
+    ExchangeAdminMutation,
     NotificationMutation,
     AdminMutation,
+    BrokerMutation,
 )
 SUBSCRIPTIONS: tuple[type, ...] = (
     SystemSubscription,
     ExchangeSubscription,
     NotificationSubscription,
+    MarketDataSubscription,
 )
 
 
@@ -119,16 +137,22 @@ def _root(name: str, parts: tuple[type, ...], description: str) -> type:
 
 def build_schema(settings: Settings) -> TradeGraphSchema:
     # Factories: a fresh extension per operation (their LRU caches live at module level).
+    # The limiters' validation rules are built once: the validation cache is keyed by the
+    # rule classes, and a limiter built per operation would make every lookup a miss.
+    limit_rules = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
     extensions: list[Any] = [
         OperationScope,
         Metrics,
         RateLimit,
         lambda: ParserCache(maxsize=512),
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
+        lambda: AddValidationRules(limit_rules),
         lambda: ValidationCache(maxsize=512),
-        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
         lambda: CostLimit(max_cost=settings.max_query_cost, max_page_size=settings.max_page_size),
+        CandlesFastPath,  # after every limit: it only replaces execution
     ]
     return TradeGraphSchema(
         query=_root("Query", (_node_query(), *QUERIES), "Read the platform's state."),
@@ -140,6 +164,7 @@ def build_schema(settings: Settings) -> TradeGraphSchema:
         ),
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=settings.is_production),
+        scalar_overrides=SCALAR_OVERRIDES,  # type: ignore[arg-type]
     )
 
 

@@ -357,16 +357,24 @@ class IdentityService:
             issuer=self.settings.jwt_issuer,
             audience=self.settings.jwt_audience,
         )
-        async with self.db.session() as session:
-            user = await session.get(User, claims.subject)
-        if user is None or user.token_version != claims.token_version:
+        # One autocommit round trip: this runs on every authenticated request.
+        async with self.db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(User.role, User.status, User.access_level, User.token_version).where(
+                        User.id == claims.subject
+                    )
+                )
+            ).first()
+        if row is None or row.token_version != claims.token_version:
             raise Unauthenticated("this session is no longer valid; sign in again")
-        self._require_active(user)
+        if row.status is not UserStatus.ACTIVE:
+            raise Unauthenticated("this account is suspended", code="ACCOUNT_SUSPENDED")
         return Principal(
-            user_id=user.id,
-            role=user.role,
-            status=user.status,
-            access_level=user.access_level,
+            user_id=claims.subject,
+            role=row.role,
+            status=row.status,
+            access_level=row.access_level,
             via="session",
         )
 

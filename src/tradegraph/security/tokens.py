@@ -11,6 +11,7 @@ leak usable tokens, and 256 random bits need no salt or slow hash.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -93,7 +94,9 @@ class IssuedAccessToken:
         return f"IssuedAccessToken(token='<redacted>', claims={self.claims!r})"
 
 
+@functools.lru_cache(maxsize=8)
 def _key(secret: bytes | str) -> OctKey:
+    # Cached: importing a key parses and probes formats, and this runs on every request.
     raw = secret.encode() if isinstance(secret, str) else bytes(secret)
     if len(raw) < MIN_SECRET_BYTES:
         raise ValueError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")

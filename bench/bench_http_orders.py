@@ -1,0 +1,399 @@
+"""End-to-end order throughput over HTTP against PostgreSQL.
+
+Starts a real server (uvicorn, embedded sequencer, PostgreSQL, one worker by default) on
+this machine, funds traders, then measures with concurrent httpx clients:
+
+* ``placeOrder`` one order per request: orders/s, p50/p99 latency;
+* the latency from sending a crossing ``placeOrder`` to receiving the ``myFills`` event on
+  a websocket (p50/p99);
+* ``placeOrders`` with 100 orders per request: orders/s.
+
+Prints one JSON line. Needs PostgreSQL at 127.0.0.1:5432 (trust auth); creates and drops
+its own database. ``--seconds`` sets each phase's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import asyncpg
+import httpx
+import websockets
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PLACE = """mutation($i: PlaceOrderInput!) {
+  placeOrder(input: $i) { order { id } errors { code } } }"""
+BULK = """mutation($i: [PlaceOrderInput!]!) {
+  placeOrders(inputs: $i) { results { errors { code } } } }"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def gql(client: httpx.AsyncClient, query: str, variables: dict, token: str) -> dict:
+    r = await client.post(
+        "/graphql",
+        json={"query": query, "variables": variables},
+        headers={"authorization": f"Bearer {token}"},
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+async def setup_user(client: httpx.AsyncClient, i: int) -> tuple[str, str]:
+    r = await client.post(
+        "/graphql",
+        json={
+            "query": """mutation($i: RegisterInput!) {
+        register(input: $i) { accessToken } }""",
+            "variables": {
+                "i": {
+                    "email": f"bench{i}@example.com",
+                    "password": "correct horse battery",
+                    "displayName": f"B{i}",
+                }
+            },
+        },
+    )
+    token = r.json()["data"]["register"]["accessToken"]
+    acct = (
+        await gql(
+            client, "mutation { openAccount(input: {kind: PAPER}) { account { id } } }", {}, token
+        )
+    )["data"]["openAccount"]["account"]["id"]
+    for asset, amount in (("USD", "1000000000"), ("BTC", "100000"), ("ETH", "100000")):
+        await gql(
+            client,
+            "mutation($i: DepositInput!) { deposit(input: $i) { errors { code } } }",
+            {"i": {"accountId": acct, "asset": asset, "amount": amount}},
+            token,
+        )
+    return token, acct
+
+
+def order(acct: str, rng: random.Random, *, crossing: bool = False) -> dict:
+    side = rng.choice(["BUY", "SELL"])
+    offset = rng.randint(1, 50)
+    price = 50000 + (offset if side == "SELL" else -offset)
+    if crossing:
+        price = 50000 + (-60 if side == "SELL" else 60)
+    return {
+        "accountId": acct,
+        "symbol": "BTC-USD",
+        "side": side,
+        "type": "LIMIT",
+        "quantity": str(rng.randint(1, 20) / 1000 + 0.001),
+        "price": f"{price}.00",
+    }
+
+
+async def phase_single(url: str, users: list, seconds: float, concurrency: int) -> dict:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker(n: int) -> None:
+        rng = random.Random(n)
+        token, acct = users[n % len(users)]
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                body = await gql(client, PLACE, {"i": order(acct, rng)}, token)
+                latencies.append(time.perf_counter() - t0)
+                assert "errors" not in body, body
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "orders_per_s": round(len(latencies) / elapsed),
+        "p50_ms": round(pct(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(pct(latencies, 0.99) * 1000, 2),
+        "orders": len(latencies),
+    }
+
+
+WRK_SCRIPT = """
+local users = {%s}
+local counter = 0
+math.randomseed(os.time())
+request = function()
+  counter = counter + 1
+  local u = users[(counter %% #users) + 1]
+  local side = (math.random() < 0.5) and "BUY" or "SELL"
+  local offset = math.random(1, 50)
+  local price = (side == "SELL") and (50000 + offset) or (50000 - offset)
+  local body = string.format('{"query":"mutation($i: PlaceOrderInput!) { placeOrder(input: $i) '
+    .. '{ order { id } errors { code } } }","variables":{"i":{"accountId":"%%s",'
+    .. '"symbol":"BTC-USD","side":"%%s","type":"LIMIT","quantity":"0.01","price":"%%d.00"}}}',
+    u[2], side, price)
+  return wrk.format("POST", "/graphql",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. u[1]}, body)
+end
+"""
+
+
+async def count_orders(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM orders"))
+    finally:
+        await conn.close()
+
+
+def _ms(text: str) -> float:
+    value = float(
+        text[:-2] if text.endswith("ms") else text[:-2] if text.endswith("us") else text[:-1]
+    )
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    return value * 1000
+
+
+async def phase_single_wrk(
+    url: str, database_url: str, users: list, seconds: float, concurrency: int
+) -> dict:
+    """wrk (C, two threads) drives the load, so the generator costs little CPU."""
+    entries = ",".join(f'{{"{t}","{a}"}}' for t, a in users)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % entries)
+    before = await count_orders(database_url)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", f.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    after = await count_orders(database_url)
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
+    return {
+        "generator": "wrk",
+        "orders_per_s": round((after - before) / seconds),
+        "p50_ms": round(_ms(lines["50%"][1]), 2),
+        "p99_ms": round(_ms(lines["99%"][1]), 2),
+        "orders": after - before,
+    }
+
+
+async def phase_fill_latency(url: str, host: str, users: list, samples: int) -> dict:
+    maker_token, maker_acct = users[0]
+    taker_token, taker_acct = users[1]
+    ws = await websockets.connect(f"ws://{host}/graphql", subprotocols=["graphql-transport-ws"])
+    await ws.send(
+        json.dumps(
+            {"type": "connection_init", "payload": {"authorization": f"Bearer {taker_token}"}}
+        )
+    )
+    await ws.recv()
+    await ws.send(
+        json.dumps(
+            {
+                "id": "f",
+                "type": "subscribe",
+                "payload": {"query": "subscription { myFills { price } }"},
+            }
+        )
+    )
+    await asyncio.sleep(0.3)
+    latencies = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for _ in range(samples):
+            # ETH-USD's book is empty here, so each pair trades exactly once.
+            await gql(
+                client,
+                PLACE,
+                {
+                    "i": {
+                        "accountId": maker_acct,
+                        "symbol": "ETH-USD",
+                        "side": "SELL",
+                        "type": "LIMIT",
+                        "quantity": "0.01",
+                        "price": "3000.00",
+                    }
+                },
+                maker_token,
+            )
+            t0 = time.perf_counter()
+            await gql(
+                client,
+                PLACE,
+                {
+                    "i": {
+                        "accountId": taker_acct,
+                        "symbol": "ETH-USD",
+                        "side": "BUY",
+                        "type": "LIMIT",
+                        "quantity": "0.01",
+                        "price": "3000.00",
+                    }
+                },
+                taker_token,
+            )
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if msg.get("type") == "next":
+                    break
+            latencies.append(time.perf_counter() - t0)
+    await ws.close()
+    return {
+        "fill_event_p50_ms": round(pct(latencies, 0.5) * 1000, 2),
+        "fill_event_p99_ms": round(pct(latencies, 0.99) * 1000, 2),
+    }
+
+
+async def phase_bulk(url: str, users: list, seconds: float, concurrency: int) -> dict:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(n: int) -> None:
+        nonlocal count
+        rng = random.Random(1000 + n)
+        token, acct = users[n % len(users)]
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            while time.perf_counter() < deadline:
+                body = await gql(client, BULK, {"i": [order(acct, rng) for _ in range(100)]}, token)
+                assert "errors" not in body, body
+                count += 100
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return {"bulk_orders_per_s": round(count / (time.perf_counter() - started))}
+
+
+async def main(args: argparse.Namespace) -> dict:
+    name = f"tg_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    data_dir = tempfile.mkdtemp()
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRADEGRAPH_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1/{name}",
+        "TRADEGRAPH_DATA_DIR": data_dir,
+        "TRADEGRAPH_ENV": "development",
+        "TRADEGRAPH_RATE_LIMIT_IP_PER_MINUTE": "100000000",
+        "TRADEGRAPH_RATE_LIMIT_USER_PER_MINUTE": "100000000",
+        "TRADEGRAPH_LOG_LEVEL": "WARNING",
+        "TRADEGRAPH_DB_POOL_SIZE": "40",
+    }
+    server = None
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "tradegraph.cli", "migrate"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import asyncio; from tradegraph.db import Database;"
+                "from tradegraph.exchange.reference import ensure_reference;"
+                f"db=Database('{env['TRADEGRAPH_DATABASE_URL']}');"
+                "asyncio.run(ensure_reference(db))",
+            ],
+            env=env,
+            check=True,
+        )
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tradegraph.app:app_from_env",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            users = [await setup_user(client, i) for i in range(args.users)]
+        if shutil.which("wrk") and not args.httpx:
+            single = await phase_single_wrk(
+                url, env["TRADEGRAPH_DATABASE_URL"], users, args.seconds, args.concurrency
+            )
+        else:
+            single = await phase_single(url, users, args.seconds, args.concurrency)
+        fills = await phase_fill_latency(url, f"127.0.0.1:{port}", users, args.fill_samples)
+        bulk = await phase_bulk(url, users, args.seconds, max(2, args.concurrency // 8))
+        async with httpx.AsyncClient(base_url=url) as client:
+            metrics = (await client.get("/metrics")).text
+        values = {
+            ln.split()[0]: float(ln.split()[1])
+            for ln in metrics.splitlines()
+            if ln.startswith("tradegraph_engine_")
+        }
+        batches = values.get("tradegraph_engine_batch_commands_count", 0) or 1
+        single["avg_engine_batch"] = round(
+            values.get("tradegraph_engine_batch_commands_sum", 0) / batches, 1
+        )
+        single["avg_engine_commit_ms"] = round(
+            values.get("tradegraph_engine_commit_seconds_sum", 0) / batches * 1000, 2
+        )
+        return {
+            "bench": "http_orders",
+            "database": "postgresql",
+            "workers": 1,
+            "concurrency": args.concurrency,
+            **single,
+            **fills,
+            **bulk,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        }
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        admin = await asyncpg.connect(PG_ADMIN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--fill-samples", type=int, default=200)
+    parser.add_argument("--httpx", action="store_true", help="use httpx even if wrk exists")
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))
