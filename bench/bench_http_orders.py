@@ -76,11 +76,14 @@ async def setup_user(client: httpx.AsyncClient, i: int) -> tuple[str, str]:
         },
     )
     token = r.json()["data"]["register"]["accessToken"]
-    acct = (
-        await gql(
-            client, "mutation { openAccount(input: {kind: PAPER}) { account { id } } }", {}, token
-        )
-    )["data"]["openAccount"]["account"]["id"]
+    opened = await gql(
+        client,
+        "mutation { openAccount(input: {kind: PAPER}) { account { id } errors { code } } }",
+        {},
+        token,
+    )
+    assert opened["data"]["openAccount"]["account"], opened
+    acct = opened["data"]["openAccount"]["account"]["id"]
     for asset, amount in (("USD", "1000000000"), ("BTC", "100000"), ("ETH", "100000")):
         await gql(
             client,
@@ -299,7 +302,16 @@ async def main(args: argparse.Namespace) -> dict:
         "TRADEGRAPH_LOG_LEVEL": "WARNING",
         "TRADEGRAPH_DB_POOL_SIZE": "40",
     }
-    server = None
+    servers: list[subprocess.Popen[bytes]] = []
+    if args.workers > 1:
+        # Production shape: remote engine process + N API workers over Redis Streams.
+        env.update(
+            {
+                "TRADEGRAPH_ENGINE_MODE": "remote",
+                "TRADEGRAPH_REDIS_URL": args.redis,
+                "TRADEGRAPH_REDIS_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+            }
+        )
     try:
         subprocess.run(
             [sys.executable, "-m", "tradegraph.cli", "migrate"],
@@ -319,31 +331,49 @@ async def main(args: argparse.Namespace) -> dict:
             env=env,
             check=True,
         )
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tradegraph.app:app_from_env",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        if args.workers > 1:
+            engine_log = open(os.path.join(data_dir, "engine.log"), "w")  # noqa: SIM115
+            servers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tradegraph.cli", "engine"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=engine_log,
+                )
+            )
+        servers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "tradegraph.app:app_from_env",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--workers",
+                    str(args.workers),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as client:
-            for _ in range(100):
+            for _ in range(200):
                 try:
-                    if (await client.get("/healthz")).status_code == 200:
+                    ready = await client.post(
+                        "/graphql", json={"query": '{ orderBook(symbol: "BTC-USD") { sequence } }'}
+                    )
+                    if ready.status_code == 200 and ready.json().get("data"):
                         break
+                    await asyncio.sleep(0.1)
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             users = [await setup_user(client, i) for i in range(args.users)]
@@ -372,7 +402,7 @@ async def main(args: argparse.Namespace) -> dict:
         return {
             "bench": "http_orders",
             "database": "postgresql",
-            "workers": 1,
+            "workers": args.workers,
             "concurrency": args.concurrency,
             **single,
             **fills,
@@ -381,7 +411,7 @@ async def main(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
         }
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(10)
         admin = await asyncpg.connect(PG_ADMIN)
@@ -396,4 +426,11 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--fill-samples", type=int, default=200)
     parser.add_argument("--httpx", action="store_true", help="use httpx even if wrk exists")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=">1: remote engine process + that many uvicorn workers (Redis)",
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

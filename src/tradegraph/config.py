@@ -7,7 +7,9 @@ a SQLite file under ``var/``, in-process pub/sub, the sequencer inside the API p
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -171,10 +173,18 @@ class Settings(BaseSettings):
         if self.jwt_secret:
             return self.jwt_secret
         path = self.data_dir / "jwt.secret"
-        if path.exists():
-            return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: when several workers start at once, exactly one writes the secret.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # the winner may still be writing it
+                value = path.read_text().strip()
+                if value:
+                    return value
+                time.sleep(0.01)
+            raise RuntimeError(f"{path} is empty") from None
         value = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
-        path.write_text(value)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
         return value

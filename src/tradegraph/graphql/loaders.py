@@ -35,6 +35,8 @@ def instrument_loader(info: Info) -> DataLoader[str, InstrumentInfo | None]:
     service = info.context.services.exchange
 
     async def batch(symbols: list[str]) -> list[InstrumentInfo | None]:
+        # One refresh per operation, so last prices and statuses are current.
+        await service.load_reference()
         out: list[InstrumentInfo | None] = []
         for s in symbols:
             try:

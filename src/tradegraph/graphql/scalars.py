@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 
 def serialize_decimal(value: Decimal) -> str:
@@ -29,11 +30,10 @@ def parse_decimal(value: object) -> Decimal:
 
 
 DecimalScalar = strawberry.scalar(
-    Decimal,
     name="Decimal",
     description='An exact decimal number, as a fixed-point string (e.g. "0.00010000").',
     serialize=serialize_decimal,
     parse_value=parse_decimal,
 )
 
-SCALAR_OVERRIDES: dict[object, object] = {Decimal: DecimalScalar}
+SCALAR_MAP: dict[object, ScalarDefinition] = {Decimal: DecimalScalar}

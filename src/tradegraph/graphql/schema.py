@@ -49,7 +49,7 @@ from tradegraph.graphql.notifications import (
     NotificationQuery,
     NotificationSubscription,
 )
-from tradegraph.graphql.scalars import SCALAR_OVERRIDES
+from tradegraph.graphql.scalars import SCALAR_MAP
 from tradegraph.graphql.system import SystemQuery, SystemSubscription
 
 log = logging.getLogger("tradegraph.graphql")
@@ -163,8 +163,9 @@ def build_schema(settings: Settings) -> TradeGraphSchema:
             "Subscription", SUBSCRIPTIONS, "Live streams over websocket (graphql-transport-ws)."
         ),
         extensions=extensions,
-        config=StrawberryConfig(disable_field_suggestions=settings.is_production),
-        scalar_overrides=SCALAR_OVERRIDES,  # type: ignore[arg-type]
+        config=StrawberryConfig(
+            disable_field_suggestions=settings.is_production, scalar_map=SCALAR_MAP
+        ),
     )
 
 
