@@ -103,10 +103,13 @@ async def prefix(raw: aioredis.Redis) -> AsyncIterator[str]:
 async def test_two_workers_share_one_ordered_stream_and_get_their_own_replies(
     redis_url: str, prefix: str, raw: aioredis.Redis
 ) -> None:
-    engine = fast_bus(redis_url, prefix, "engine")
+    # Not a failure-detection test: generous heartbeat/IO limits so a loaded CI machine
+    # cannot turn a slow heartbeat into a spurious EngineUnavailable.
+    relaxed = {"engine_ttl": 5.0, "io_timeout": 3.0, "heartbeat_interval": 0.5}
+    engine = fast_bus(redis_url, prefix, "engine", **relaxed)
     await engine.start()
-    a = fast_bus(redis_url, prefix, "worker", worker_id="api-a")
-    b = fast_bus(redis_url, prefix, "worker", worker_id="api-b")
+    a = fast_bus(redis_url, prefix, "worker", worker_id="api-a", **relaxed)
+    b = fast_bus(redis_url, prefix, "worker", worker_id="api-b", **relaxed)
     await a.start()
     await b.start()
     seen: list[Incoming] = []
