@@ -6,13 +6,14 @@ Naming conventions keep constraint names stable across SQLite and PostgreSQL mig
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, MetaData, event, text
+from sqlalchemy import BigInteger, DateTime, Enum, MetaData, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -58,6 +59,14 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {int: BigInteger, datetime: UTCDateTime}
+
+
+def str_enum(cls: type[enum.Enum], name: str, length: int = 16) -> Enum:
+    """An enum column stored as a plain string with a CHECK constraint.
+
+    Portable across SQLite and PostgreSQL, and a new member needs no ALTER TYPE.
+    """
+    return Enum(cls, name=name, native_enum=False, length=length, validate_strings=True)
 
 
 def utcnow() -> datetime:

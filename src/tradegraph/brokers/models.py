@@ -12,10 +12,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tradegraph.db import Base, new_id, utcnow
+from tradegraph.db import Base, new_id, str_enum, utcnow
 from tradegraph.identity.models import AccessLevel
 
 
@@ -40,11 +40,6 @@ class ContractState(enum.StrEnum):
     SOLD = "SOLD"
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    # Plain strings (portable across SQLite and PostgreSQL, easy to extend).
-    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
-
-
 class BrokerLink(Base):
     """One linked broker account of one user."""
 
@@ -65,9 +60,9 @@ class BrokerLink(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
-    method: Mapped[LinkMethod] = mapped_column(_enum(LinkMethod, "broker_link_method"))
+    method: Mapped[LinkMethod] = mapped_column(str_enum(LinkMethod, "broker_link_method"))
     status: Mapped[LinkStatus] = mapped_column(
-        _enum(LinkStatus, "broker_link_status"), default=LinkStatus.ACTIVE
+        str_enum(LinkStatus, "broker_link_status"), default=LinkStatus.ACTIVE
     )
     account_ref: Mapped[str] = mapped_column(String(64))
     currency: Mapped[str | None] = mapped_column(String(12))
@@ -118,7 +113,7 @@ class BrokerContract(Base):
     symbol: Mapped[str] = mapped_column(String(32))
     direction: Mapped[str] = mapped_column(String(8))
     status: Mapped[ContractState] = mapped_column(
-        _enum(ContractState, "broker_contract_status"), default=ContractState.OPEN
+        str_enum(ContractState, "broker_contract_status"), default=ContractState.OPEN
     )
     currency: Mapped[str] = mapped_column(String(12))
     decimals: Mapped[int]
@@ -188,12 +183,12 @@ class AccessReview(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
-    level: Mapped[AccessLevel | None] = mapped_column(_enum(AccessLevel, "access_review_level"))
+    level: Mapped[AccessLevel | None] = mapped_column(str_enum(AccessLevel, "access_review_level"))
     reason: Mapped[str | None] = mapped_column(String(255))
     next_step: Mapped[str | None] = mapped_column(String(512))
     checks: Mapped[str] = mapped_column(Text, default="[]")
     override_level: Mapped[AccessLevel | None] = mapped_column(
-        _enum(AccessLevel, "access_override_level")
+        str_enum(AccessLevel, "access_override_level")
     )
     override_reason: Mapped[str | None] = mapped_column(String(255))
     override_by: Mapped[str | None] = mapped_column(String(32))

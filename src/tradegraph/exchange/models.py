@@ -11,7 +11,6 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tradegraph.db import Base, utcnow
+from tradegraph.db import Base, str_enum, utcnow
 from tradegraph.exchange.book import (
     InstrumentStatus,
     OrderStatus,
@@ -64,10 +63,6 @@ class TransactionStatus(enum.StrEnum):
     REJECTED = "REJECTED"
 
 
-def _enum(cls: type[enum.Enum], name: str, length: int = 24) -> Enum:
-    return Enum(cls, name=name, native_enum=False, length=length, validate_strings=True)
-
-
 class Asset(Base):
     __tablename__ = "assets"
 
@@ -82,7 +77,7 @@ class Instrument(Base):
     symbol: Mapped[str] = mapped_column(String(24), primary_key=True)
     base_asset: Mapped[str] = mapped_column(ForeignKey("assets.code"))
     quote_asset: Mapped[str] = mapped_column(ForeignKey("assets.code"))
-    venue: Mapped[Venue] = mapped_column(_enum(Venue, "venue"), default=Venue.CLOB)
+    venue: Mapped[Venue] = mapped_column(str_enum(Venue, "venue", 24), default=Venue.CLOB)
     price_decimals: Mapped[int] = mapped_column()
     qty_decimals: Mapped[int] = mapped_column()
     tick: Mapped[int] = mapped_column(default=1)
@@ -92,7 +87,7 @@ class Instrument(Base):
     maker_fee_bps: Mapped[int] = mapped_column(default=0)
     taker_fee_bps: Mapped[int] = mapped_column(default=0)
     status: Mapped[InstrumentStatus] = mapped_column(
-        _enum(InstrumentStatus, "instrument_status"), default=InstrumentStatus.TRADING
+        str_enum(InstrumentStatus, "instrument_status", 24), default=InstrumentStatus.TRADING
     )
     last_price: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -105,9 +100,9 @@ class Account(Base):
     owner_id: Mapped[str | None] = mapped_column(
         ForeignKey("users.id", ondelete="RESTRICT"), index=True
     )
-    kind: Mapped[AccountKind] = mapped_column(_enum(AccountKind, "account_kind"))
+    kind: Mapped[AccountKind] = mapped_column(str_enum(AccountKind, "account_kind", 24))
     status: Mapped[AccountStatus] = mapped_column(
-        _enum(AccountStatus, "account_status"), default=AccountStatus.ACTIVE
+        str_enum(AccountStatus, "account_status", 24), default=AccountStatus.ACTIVE
     )
     name: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -134,16 +129,16 @@ class Order(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     symbol: Mapped[str] = mapped_column(ForeignKey("instruments.symbol"), index=True)
-    side: Mapped[Side] = mapped_column(_enum(Side, "side", 8))
-    type: Mapped[OrderType] = mapped_column(_enum(OrderType, "order_type"))
-    time_in_force: Mapped[TimeInForce] = mapped_column(_enum(TimeInForce, "time_in_force", 8))
-    status: Mapped[OrderStatus] = mapped_column(_enum(OrderStatus, "order_status"))
+    side: Mapped[Side] = mapped_column(str_enum(Side, "side", 8))
+    type: Mapped[OrderType] = mapped_column(str_enum(OrderType, "order_type", 24))
+    time_in_force: Mapped[TimeInForce] = mapped_column(str_enum(TimeInForce, "time_in_force", 8))
+    status: Mapped[OrderStatus] = mapped_column(str_enum(OrderStatus, "order_status", 24))
     price: Mapped[int | None] = mapped_column(BigInteger)
     stop_price: Mapped[int | None] = mapped_column(BigInteger)
     quantity: Mapped[int | None] = mapped_column(BigInteger)
     quote_quantity: Mapped[int | None] = mapped_column(BigInteger)
     post_only: Mapped[bool] = mapped_column(default=False)
-    stp: Mapped[STPMode] = mapped_column(_enum(STPMode, "stp_mode"))
+    stp: Mapped[STPMode] = mapped_column(str_enum(STPMode, "stp_mode", 24))
     client_order_id: Mapped[str | None] = mapped_column(String(36))
     filled_qty: Mapped[int] = mapped_column(default=0)
     remaining_qty: Mapped[int] = mapped_column(default=0)
@@ -170,7 +165,7 @@ class Trade(Base):
     price: Mapped[int] = mapped_column()
     qty: Mapped[int] = mapped_column()
     notional: Mapped[int] = mapped_column()
-    taker_side: Mapped[Side] = mapped_column(_enum(Side, "side", 8))
+    taker_side: Mapped[Side] = mapped_column(str_enum(Side, "side", 8))
     taker_order_id: Mapped[int] = mapped_column(index=True)
     maker_order_id: Mapped[int] = mapped_column(index=True)
     taker_account_id: Mapped[int] = mapped_column(index=True)
@@ -196,7 +191,7 @@ class LedgerEntry(Base):
     to_account_id: Mapped[int | None] = mapped_column(index=True)
     asset: Mapped[str] = mapped_column(String(12))
     amount: Mapped[int] = mapped_column()
-    reason: Mapped[PostingReason] = mapped_column(_enum(PostingReason, "posting_reason"))
+    reason: Mapped[PostingReason] = mapped_column(str_enum(PostingReason, "posting_reason", 24))
     order_id: Mapped[int | None] = mapped_column(BigInteger)
     trade_id: Mapped[int | None] = mapped_column(BigInteger)
     ref: Mapped[str | None] = mapped_column(String(64))
@@ -214,9 +209,9 @@ class Transaction(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    kind: Mapped[TransactionKind] = mapped_column(_enum(TransactionKind, "transaction_kind"))
+    kind: Mapped[TransactionKind] = mapped_column(str_enum(TransactionKind, "transaction_kind", 24))
     status: Mapped[TransactionStatus] = mapped_column(
-        _enum(TransactionStatus, "transaction_status")
+        str_enum(TransactionStatus, "transaction_status", 24)
     )
     asset: Mapped[str] = mapped_column(String(12))
     amount: Mapped[int] = mapped_column()

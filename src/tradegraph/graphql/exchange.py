@@ -691,6 +691,27 @@ async def _place_payload(info: Info, result: dict[str, Any]) -> PlaceOrderPayloa
     return PlaceOrderPayload(order=Order.build(ins, order, None, now), fills=fills)
 
 
+async def _money_move(
+    info: Info, kind: str, input: DepositInput | WithdrawInput
+) -> tuple[Transaction, Balance]:
+    """Shared by deposit and withdraw: same arguments, same result shape."""
+    principal = info.context.require_principal()
+    service = info.context.services.exchange
+    move = service.deposit if kind == "deposit" else service.withdraw
+    result = await move(
+        principal,
+        account_id_arg(input.account_id),
+        input.asset,
+        input.amount,
+        input.idempotency_key,
+    )
+    decimals = await service.asset_decimals(input.asset)
+    return (
+        await transaction_from(info, result["transaction"]),
+        _balance(decimals, input.asset, result["balance"]),
+    )
+
+
 def _balance(decimals: int, asset: str, b: dict[str, Any]) -> Balance:
     return Balance(
         asset=asset,
@@ -852,38 +873,14 @@ class ExchangeMutation:
     @strawberry.mutation(description="Deposit (PAPER accounts; SPOT only with the demo faucet).")
     @returns_payload(DepositPayload)
     async def deposit(self, info: Info, input: DepositInput) -> DepositPayload:
-        principal = info.context.require_principal()
-        service = info.context.services.exchange
-        result = await service.deposit(
-            principal,
-            account_id_arg(input.account_id),
-            input.asset,
-            input.amount,
-            input.idempotency_key,
-        )
-        decimals = await service.asset_decimals(input.asset)
-        return DepositPayload(
-            transaction=await transaction_from(info, result["transaction"]),
-            balance=_balance(decimals, input.asset, result["balance"]),
-        )
+        transaction, balance = await _money_move(info, "deposit", input)
+        return DepositPayload(transaction=transaction, balance=balance)
 
     @strawberry.mutation(description="Withdraw up to the available balance.")
     @returns_payload(WithdrawPayload)
     async def withdraw(self, info: Info, input: WithdrawInput) -> WithdrawPayload:
-        principal = info.context.require_principal()
-        service = info.context.services.exchange
-        result = await service.withdraw(
-            principal,
-            account_id_arg(input.account_id),
-            input.asset,
-            input.amount,
-            input.idempotency_key,
-        )
-        decimals = await service.asset_decimals(input.asset)
-        return WithdrawPayload(
-            transaction=await transaction_from(info, result["transaction"]),
-            balance=_balance(decimals, input.asset, result["balance"]),
-        )
+        transaction, balance = await _money_move(info, "withdraw", input)
+        return WithdrawPayload(transaction=transaction, balance=balance)
 
     @strawberry.mutation(description="Place an order; it matches before this returns.")
     @returns_payload(PlaceOrderPayload)

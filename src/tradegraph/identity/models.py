@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tradegraph.db import Base, new_id, utcnow
+from tradegraph.db import Base, new_id, str_enum, utcnow
 
 
 class Role(enum.StrEnum):
@@ -38,11 +38,6 @@ class KycStatus(enum.StrEnum):
     REJECTED = "REJECTED"
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    # Stored as plain strings with a CHECK constraint: portable and easy to extend.
-    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
-
-
 class User(Base):
     __tablename__ = "users"
 
@@ -51,16 +46,16 @@ class User(Base):
     email_verified_at: Mapped[datetime | None]
     password_hash: Mapped[str] = mapped_column(String(255))
     display_name: Mapped[str] = mapped_column(String(64))
-    role: Mapped[Role] = mapped_column(_enum(Role, "role"), default=Role.TRADER)
+    role: Mapped[Role] = mapped_column(str_enum(Role, "role"), default=Role.TRADER)
     status: Mapped[UserStatus] = mapped_column(
-        _enum(UserStatus, "user_status"), default=UserStatus.ACTIVE
+        str_enum(UserStatus, "user_status"), default=UserStatus.ACTIVE
     )
     access_level: Mapped[AccessLevel] = mapped_column(
-        _enum(AccessLevel, "access_level"), default=AccessLevel.LIMITED
+        str_enum(AccessLevel, "access_level"), default=AccessLevel.LIMITED
     )
     access_reason: Mapped[str | None] = mapped_column(String(255))
     kyc_status: Mapped[KycStatus] = mapped_column(
-        _enum(KycStatus, "kyc_status"), default=KycStatus.NONE
+        str_enum(KycStatus, "kyc_status"), default=KycStatus.NONE
     )
     totp_secret_enc: Mapped[str | None] = mapped_column(Text)
     totp_enabled: Mapped[bool] = mapped_column(default=False)

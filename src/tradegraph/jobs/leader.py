@@ -194,13 +194,16 @@ class LeaderLock:
                 del _local_holders[(self.url, self.key)]
             return
         conn = self._conn
-        if was_leader and conn is not None and not conn.is_closed():
-            try:
-                async with asyncio.timeout(self._check_timeout):
-                    await conn.fetchval("SELECT pg_advisory_unlock($1)", self.key)
-            except Exception as exc:  # closing the session below frees it anyway
-                logger.debug("leader: explicit unlock failed: %r", exc)
-        await self._close_connection()
+        try:
+            if was_leader and conn is not None and not conn.is_closed():
+                try:
+                    async with asyncio.timeout(self._check_timeout):
+                        await conn.fetchval("SELECT pg_advisory_unlock($1)", self.key)
+                except Exception as exc:  # closing the session below frees it anyway
+                    logger.debug("leader: explicit unlock failed: %r", exc)
+        finally:
+            # Even when cancelled mid-unlock: closing the session is what frees the lock.
+            await self._close_connection()
 
     async def fence(self, session: AsyncSession | AsyncConnection) -> None:
         """Inside a commit transaction: raise :class:`LeadershipLost` unless still leading.
@@ -323,5 +326,7 @@ class LeaderLock:
             return
         try:
             await conn.close(timeout=self._check_timeout)
-        except Exception:
+        except BaseException as exc:  # cancelled or failed: drop the socket regardless
             conn.terminate()
+            if not isinstance(exc, Exception):
+                raise

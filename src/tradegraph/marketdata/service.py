@@ -346,6 +346,10 @@ class MarketDataService:
         """Stop every loop, flush what closed, stop the feeds; safe to call twice."""
         self._stop.set()
         await self._stop_producer()
+        if self._tasks:
+            # Let the loops see the stop signal and finish (the leader loop releases its
+            # lock on the way out); cancel only what does not end in time.
+            await asyncio.wait(self._tasks, timeout=5)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
