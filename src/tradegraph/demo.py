@@ -77,12 +77,7 @@ async def seed(
     admin_user = await services.identity.create_admin(
         email=admin_email, password=admin_password, display_name="Demo Admin"
     )
-    admin = Principal(
-        user_id=admin_user.id,
-        role=admin_user.role,
-        status=admin_user.status,
-        access_level=admin_user.access_level,
-    )
+    admin = principal_for(admin_user)
     lines.append(f"demo admin {admin_user.email}")
     await services.start()  # the caller stops the services
     account = await spot_account(services, trader)

@@ -281,6 +281,17 @@ async def test_place_orders_bulk_each_on_its_own(client):
         token=alice,
     )
     assert too_many["data"]["placeOrders"]["errors"][0]["code"] == "INVALID_INPUT"
+    # 100 valid + 1 refused at the API edge (an id of the wrong type) is still too many:
+    # refused whole, nothing placed.
+    mixed = await gql(
+        client,
+        "mutation($i: [PlaceOrderInput!]!) { placeOrders(inputs: $i) { errors { code } } }",
+        {"i": [inputs[0]] * 100 + [{**inputs[0], "accountId": "VXNlcjp4"}]},
+        token=alice,
+    )
+    assert mixed["data"]["placeOrders"]["errors"][0]["code"] == "INVALID_INPUT"
+    orders = await gql(client, "{ orders(first: 200) { edges { node { id } } } }", token=alice)
+    assert len(orders["data"]["orders"]["edges"]) == 3  # only the first call's orders
 
 
 async def test_admin_credit_and_halt(client, services):

@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from tradegraph.bus import EngineBus, Incoming
 from tradegraph.db import new_id, utcnow
 from tradegraph.errors import DomainError
 from tradegraph.exchange import models as m
@@ -43,18 +44,6 @@ log = logging.getLogger("tradegraph.sequencer")
 
 FEE_ACCOUNT_ID = 1
 MAX_BATCH = 512
-
-
-class Incoming(Protocol):
-    command_id: str
-    kind: str
-    payload: dict[str, Any]
-
-
-class EngineBus(Protocol):
-    async def take(self, max_items: int, max_wait: float) -> list[Any]: ...
-
-    async def reply_many(self, replies: list[tuple[Any, dict[str, Any]]]) -> None: ...
 
 
 Publish = Callable[[list[tuple[str, dict[str, Any]]]], None]

@@ -7,7 +7,7 @@ and dialect upserts, so a batch of hundreds of commands is a handful of statemen
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -318,8 +318,3 @@ class Snapshot:
     open_orders: list[m.Order]
     state: dict[str, int]
     transactions: list[m.Transaction]
-
-
-def merge_balances(target: dict[tuple[int, str], BalanceUpdate], updates: Iterable[Any]) -> None:
-    for b in updates:
-        target[(b.account_id, b.asset)] = b

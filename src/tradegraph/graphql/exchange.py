@@ -22,7 +22,7 @@ from tradegraph.exchange.book import OrderType as CoreOrderType
 from tradegraph.exchange.book import Side as CoreSide
 from tradegraph.exchange.book import STPMode
 from tradegraph.exchange.book import TimeInForce as CoreTimeInForce
-from tradegraph.exchange.service import InstrumentInfo, OrderInput
+from tradegraph.exchange.service import MAX_BULK_ORDERS, InstrumentInfo, OrderInput
 from tradegraph.graphql.context import Info
 from tradegraph.graphql.errors import UserError, returns_payload
 from tradegraph.graphql.ids import decode_id
@@ -893,8 +893,13 @@ class ExchangeMutation:
     @returns_payload(PlaceOrdersPayload)
     async def place_orders(self, info: Info, inputs: list[PlaceOrderInput]) -> PlaceOrdersPayload:
         principal = info.context.require_principal()
+        # Checked before anything is sent: a rejected call must place no order at all.
+        if not 1 <= len(inputs) <= MAX_BULK_ORDERS:
+            raise DomainError(
+                f"send 1 to {MAX_BULK_ORDERS} orders", code="INVALID_INPUT", field="inputs"
+            )
         converted: list[OrderInput | DomainError] = []
-        for item in inputs[:101]:
+        for item in inputs:
             try:
                 converted.append(item.to_input())
             except DomainError as error:
@@ -903,8 +908,6 @@ class ExchangeMutation:
         results = iter(
             await info.context.services.exchange.place_orders(principal, valid) if valid else []
         )
-        if len(inputs) > 100:
-            raise DomainError("send 1 to 100 orders", code="INVALID_INPUT", field="inputs")
         out = []
         for c in converted:
             if isinstance(c, DomainError):
