@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tradegraph.errors import DomainError
+from tradegraph.exchange import native_core
 from tradegraph.exchange.book import OrderStatus, OrderType, Side
 from tradegraph.exchange.engine import Effect, Engine, InstrumentSpec, OrderRequest, OrderUpdate
 
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(seconds, 3),
         "commands_per_s": round(commands / seconds),
         "python": platform.python_version(),
+        "core": "mypyc" if native_core() else "python",
         "baseline_bare_book_per_s": round(commands / bare_seconds),
         "ratio_to_baseline": round(bare_seconds / seconds, 3),
         "batch": args.batch,

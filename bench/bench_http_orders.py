@@ -1,12 +1,15 @@
 """End-to-end order throughput over HTTP against PostgreSQL.
 
-Starts a real server (uvicorn, embedded sequencer, PostgreSQL, one worker by default) on
-this machine, funds traders, then measures with concurrent httpx clients:
+Starts a real server (uvicorn, embedded sequencer, PostgreSQL, one worker by default; or
+``--workers N``: a ``tradegraph engine`` process plus N API workers over Redis) on this
+machine, funds traders, then measures (load from ``wrk`` when installed, else httpx):
 
-* ``placeOrder`` one order per request: orders/s, p50/p99 latency;
+* ``placeOrder`` one order per request: orders/s, p50/p99 latency, and the CPU the
+  server processes and PostgreSQL spent per accepted order (from /proc, so the number
+  holds even when something else shares the cores);
 * the latency from sending a crossing ``placeOrder`` to receiving the ``myFills`` event on
   a websocket (p50/p99);
-* ``placeOrders`` with 100 orders per request: orders/s.
+* ``placeOrders`` with 100 orders per request: orders/s, call latency, CPU per order.
 
 Prints one JSON line. Needs PostgreSQL at 127.0.0.1:5432 (trust auth); creates and drops
 its own database. ``--seconds`` sets each phase's length.
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -155,6 +159,65 @@ end
 """
 
 
+WRK_BULK_SCRIPT = """
+local users = {%s}
+local counter = 0
+math.randomseed(os.time() + 7)
+request = function()
+  counter = counter + 1
+  local u = users[(counter %% #users) + 1]
+  local parts = {}
+  for k = 1, 100 do
+    local side = (math.random() < 0.5) and "BUY" or "SELL"
+    local offset = math.random(1, 50)
+    local price = (side == "SELL") and (50000 + offset) or (50000 - offset)
+    parts[k] = string.format('{"accountId":"%%s","symbol":"BTC-USD","side":"%%s",'
+      .. '"type":"LIMIT","quantity":"0.01","price":"%%d.00"}', u[2], side, price)
+  end
+  local body = '{"query":"mutation($i: [PlaceOrderInput!]!) { placeOrders(inputs: $i) '
+    .. '{ results { errors { code } } } }","variables":{"i":[' .. table.concat(parts, ",")
+    .. ']}}'
+  return wrk.format("POST", "/graphql",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. u[1]}, body)
+end
+"""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` and their children so far (Linux /proc; else 0)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / ticks
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in ("postgres", "postmaster"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 async def count_orders(database_url: str) -> int:
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -174,28 +237,43 @@ def _ms(text: str) -> float:
     return value * 1000
 
 
-async def phase_single_wrk(
-    url: str, database_url: str, users: list, seconds: float, concurrency: int
+async def phase_wrk(
+    url: str,
+    database_url: str,
+    users: list,
+    seconds: float,
+    concurrency: int,
+    script: str,
+    servers: list[int],
 ) -> dict:
-    """wrk (C, two threads) drives the load, so the generator costs little CPU."""
+    """wrk (C, two threads) drives the load, so the generator costs little CPU.
+
+    Orders are counted in the database (accepted ones only); CPU is read from /proc for
+    the server processes and for PostgreSQL, per accepted order.
+    """
     entries = ",".join(f'{{"{t}","{a}"}}' for t, a in users)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % entries)
+        f.write(script % entries)
     before = await count_orders(database_url)
+    pg = postgres_pids()
+    cpu_before, pg_before = cpu_seconds(servers), cpu_seconds(pg)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", f.name, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu_after, pg_after = cpu_seconds(servers), cpu_seconds(pg)
     after = await count_orders(database_url)
     lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
+    orders = max(1, after - before)
     return {
-        "generator": "wrk",
         "orders_per_s": round((after - before) / seconds),
         "p50_ms": round(_ms(lines["50%"][1]), 2),
         "p99_ms": round(_ms(lines["99%"][1]), 2),
         "orders": after - before,
+        "server_cpu_ms_per_order": round((cpu_after - cpu_before) * 1000 / orders, 3),
+        "postgres_cpu_ms_per_order": round((pg_after - pg_before) * 1000 / orders, 3),
     }
 
 
@@ -365,6 +443,7 @@ async def main(args: argparse.Namespace) -> dict:
             )
         )
         url = f"http://127.0.0.1:{port}"
+        database = env["TRADEGRAPH_DATABASE_URL"]
         async with httpx.AsyncClient(base_url=url) as client:
             for _ in range(200):
                 try:
@@ -377,14 +456,33 @@ async def main(args: argparse.Namespace) -> dict:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
             users = [await setup_user(client, i) for i in range(args.users)]
-        if shutil.which("wrk") and not args.httpx:
-            single = await phase_single_wrk(
-                url, env["TRADEGRAPH_DATABASE_URL"], users, args.seconds, args.concurrency
+        pids = [server.pid for server in servers]
+        use_wrk = shutil.which("wrk") is not None and not args.httpx
+        phases = set(args.phases.split(","))
+        single: dict[str, Any] = {"generator": "wrk" if use_wrk else "httpx"}
+        fills: dict[str, Any] = {}
+        bulk: dict[str, Any] = {}
+        if "single" in phases and use_wrk:
+            single |= await phase_wrk(
+                url, database, users, args.seconds, args.concurrency, WRK_SCRIPT, pids
             )
-        else:
-            single = await phase_single(url, users, args.seconds, args.concurrency)
-        fills = await phase_fill_latency(url, f"127.0.0.1:{port}", users, args.fill_samples)
-        bulk = await phase_bulk(url, users, args.seconds, max(2, args.concurrency // 8))
+        elif "single" in phases:
+            single |= await phase_single(url, users, args.seconds, args.concurrency)
+        if "fills" in phases:
+            fills = await phase_fill_latency(url, f"127.0.0.1:{port}", users, args.fill_samples)
+        if "bulk" in phases and use_wrk:
+            measured = await phase_wrk(
+                url, database, users, args.seconds, args.bulk_concurrency, WRK_BULK_SCRIPT, pids
+            )
+            bulk = {
+                "bulk_orders_per_s": measured["orders_per_s"],
+                "bulk_call_p50_ms": measured["p50_ms"],
+                "bulk_call_p99_ms": measured["p99_ms"],
+                "bulk_server_cpu_ms_per_order": measured["server_cpu_ms_per_order"],
+                "bulk_postgres_cpu_ms_per_order": measured["postgres_cpu_ms_per_order"],
+            }
+        elif "bulk" in phases:
+            bulk = await phase_bulk(url, users, args.seconds, args.bulk_concurrency)
         async with httpx.AsyncClient(base_url=url) as client:
             metrics = (await client.get("/metrics")).text
         values = {
@@ -392,18 +490,20 @@ async def main(args: argparse.Namespace) -> dict:
             for ln in metrics.splitlines()
             if ln.startswith("tradegraph_engine_")
         }
-        batches = values.get("tradegraph_engine_batch_commands_count", 0) or 1
-        single["avg_engine_batch"] = round(
-            values.get("tradegraph_engine_batch_commands_sum", 0) / batches, 1
-        )
-        single["avg_engine_commit_ms"] = round(
-            values.get("tradegraph_engine_commit_seconds_sum", 0) / batches * 1000, 2
-        )
+        batches = values.get("tradegraph_engine_batch_commands_count", 0)
+        if batches:  # the embedded engine's metrics; a separate engine process has its own
+            single["avg_engine_batch"] = round(
+                values.get("tradegraph_engine_batch_commands_sum", 0) / batches, 1
+            )
+            single["avg_engine_commit_ms"] = round(
+                values.get("tradegraph_engine_commit_seconds_sum", 0) / batches * 1000, 2
+            )
         return {
             "bench": "http_orders",
             "database": "postgresql",
             "workers": args.workers,
             "concurrency": args.concurrency,
+            "bulk_concurrency": args.bulk_concurrency,
             **single,
             **fills,
             **bulk,
@@ -424,6 +524,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=8)
+    parser.add_argument(
+        "--bulk-concurrency", type=int, default=8, help="connections sending placeOrders"
+    )
     parser.add_argument("--fill-samples", type=int, default=200)
     parser.add_argument("--httpx", action="store_true", help="use httpx even if wrk exists")
     parser.add_argument(
@@ -433,4 +536,9 @@ if __name__ == "__main__":
         help=">1: remote engine process + that many uvicorn workers (Redis)",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--phases",
+        default="single,fills,bulk",
+        help="comma-separated subset of single,fills,bulk (e.g. bulk alone for a profiler)",
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

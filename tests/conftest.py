@@ -192,6 +192,8 @@ def make_settings(tmp_path: Path, leg: Leg, **overrides: Any) -> Settings:
         "argon2_time_cost": 1,
         "log_json": False,
         "background_jobs": False,
+        "gc_tuning": False,
+        "bus_wire_check": True,  # payloads must survive the Redis transport unchanged
         "market_simulator": False,  # no background ticks unless a test asks
     }
     values.update(overrides)

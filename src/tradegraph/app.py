@@ -27,6 +27,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from tradegraph.config import Settings
 from tradegraph.errors import DomainError
 from tradegraph.exchange.webhooks import deposit_webhook
+from tradegraph.gctuning import tune_for_server
 from tradegraph.graphql.context import Context, client_ip
 from tradegraph.graphql.marketdata import encode_response
 from tradegraph.graphql.schema import build_schema
@@ -170,6 +171,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await services.start()
+        if settings.gc_tuning:
+            tune_for_server()
         try:
             yield
         finally:
@@ -201,6 +204,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.schema = graphql_app.schema
     return app
 
 

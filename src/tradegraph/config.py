@@ -76,12 +76,21 @@ class Settings(BaseSettings):
     # "remote" sends commands over Redis Streams to a `tradegraph engine` process.
     engine_mode: Literal["embedded", "remote"] = "embedded"
     engine_request_timeout_seconds: float = 10.0
+    # Embedded mode: prove every command and result is JSON-shaped, as the Redis transport
+    # needs (costs a JSON round trip each; the test suite turns it on)
+    bus_wire_check: bool = False
 
     # HMAC secret shared with the payment provider; empty disables /webhooks/deposits
     deposit_webhook_secret: str = ""
 
     # Periodic jobs (gatekeeper re-validation...), each run by one leader-locked worker
     background_jobs: bool = True
+    # Run repeated trading mutations compiled (graphql/compiled.py); off = always Strawberry
+    compile_operations: bool = True
+    # How long a bearer token's principal is remembered (0 disables; see principal_cache)
+    auth_cache_seconds: float = 2.0
+    # Freeze the startup heap and raise GC thresholds once started (see gctuning.py)
+    gc_tuning: bool = True
 
     # Demo and embedded runtime
     market_maker: bool = False

@@ -22,6 +22,7 @@ from tradegraph.db import Database
 from tradegraph.events import EventPublisher
 from tradegraph.exchange.runtime import ExchangeRuntime
 from tradegraph.exchange.service import ExchangeService
+from tradegraph.identity.principal_cache import follow_user_changes
 from tradegraph.identity.service import IdentityService
 from tradegraph.jobs.leader import LeaderLock
 from tradegraph.marketdata.service import MarketDataService
@@ -84,6 +85,7 @@ class Services:
             rate_limiter=self.rate_limiter,
             audit=self.audit,
             notifications=self.notifications,
+            pubsub=self.pubsub,
         )
         self.brokers = BrokerService(
             settings=settings,
@@ -91,6 +93,7 @@ class Services:
             audit=self.audit,
             keyring=self.keyring,
             metrics=self.metrics,
+            on_user_changed=self.identity.user_changed,
         )
         self._build_exchange()
         self.marketdata = MarketDataService(
@@ -102,7 +105,8 @@ class Services:
         embedded = settings.engine_mode == "embedded"
         if embedded:
             self.bus: InProcessBus | RedisStreamsBus = InProcessBus(
-                default_timeout=settings.engine_request_timeout_seconds
+                default_timeout=settings.engine_request_timeout_seconds,
+                wire_check=settings.bus_wire_check,
             )
         else:
             if self.redis is None:
@@ -132,6 +136,9 @@ class Services:
         await self.marketdata.start()  # simulator, feeds, candles, SIM marks
         self._stop_jobs = asyncio.Event()
         self._jobs: list[asyncio.Task[None]] = []
+        self._user_changes = asyncio.create_task(
+            follow_user_changes(self.identity.principals, self.pubsub, self._stop_jobs)
+        )
         if self.settings.market_maker:
             await self._start_market_maker()
         if self.settings.background_jobs:
@@ -188,6 +195,9 @@ class Services:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, 10)
             self._jobs = []
+            self._user_changes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._user_changes
         await self.brokers.stop()
         await self.marketdata.stop()  # flushes closed bars; before the bus closes
         await self.exchange_runtime.stop()

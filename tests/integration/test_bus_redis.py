@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -35,6 +36,9 @@ def fast_bus(url: str, prefix: str, role: str, **overrides: Any) -> RedisStreams
         "prefix": prefix,
         "io_timeout": 0.5,
         "connect_timeout": 0.5,
+        # Fast failure detection once running, but a patient start: under a loaded CI
+        # host the first connect plus round trips can exceed the per-operation budgets.
+        "start_timeout": 10.0,
         "heartbeat_interval": 0.1,
         "engine_ttl": 0.5,
         "reconnect_base": 0.02,
@@ -133,6 +137,8 @@ async def test_two_workers_share_one_ordered_stream_and_get_their_own_replies(
         )
         for (w, n), result in zip(burst, results, strict=True):
             assert result["echo"] == {"n": n, "from": w.worker_id}
+        # The burst left each worker in a few pipelines, not one round trip per command.
+        assert a.stats.send_batches < 10 + 20 and b.stats.send_batches < 10 + 20
     finally:
         loop.cancel()
 
@@ -362,5 +368,71 @@ async def test_result_payload_round_trips_as_json(redis_url: str, prefix: str) -
         await engine.reply(incoming, {"big": json.loads("12345678901234567890")})
         assert await request == {"big": 12345678901234567890}
     finally:
+        await worker.close()
+        await engine.close()
+
+
+async def test_a_quiet_command_is_answered_without_waiting_for_redis_timers(
+    server: RedisServer,
+) -> None:
+    """On an idle Redis a BLOCK of a millisecond times out only at the server's next cron
+    tick (up to 100 ms at the default hz 10). The batching window must not depend on it:
+    commands sent one at a time are answered in a few milliseconds, not ~50 on average."""
+    await server.start()  # our own, idle server: nothing else wakes it up
+    engine = RedisStreamsBus(server.url, role="engine", prefix="quiet:")
+    worker = RedisStreamsBus(server.url, role="worker", prefix="quiet:")
+    await engine.start()
+    await worker.start()
+    loop = asyncio.create_task(echo_engine(engine, [], []))
+    try:
+        await worker.request("k", {"n": -1}, timeout=5)  # warm up
+        latencies = []
+        for n in range(21):
+            await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            await worker.request("k", {"n": n}, timeout=5)
+            latencies.append(time.perf_counter() - started)
+        assert sorted(latencies)[10] < 0.02, latencies  # the median
+    finally:
+        loop.cancel()
+        await worker.close()
+        await engine.close()
+
+
+async def test_a_stalled_redis_fails_the_send_in_time_and_skips_abandoned_commands(
+    server: RedisServer,
+) -> None:
+    """Sends go through one pipeline writer. When Redis stops answering, the command
+    being written fails after ``io_timeout`` (outcome unknown), and a caller that gives
+    up while its command still waits in the outbox is told it was never handed over;
+    that command is then never written, so it cannot run after its caller was told no."""
+    await server.start()
+    engine = fast_bus(server.url, "stall:", "engine")
+    worker = fast_bus(server.url, "stall:", "worker")
+    await engine.start()
+    await worker.start()
+    seen: list[Incoming] = []
+    loop = asyncio.create_task(echo_engine(engine, seen, []))
+    assert server.proc is not None
+    try:
+        await worker.request("k", {"n": 0})
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            first = asyncio.create_task(worker.request("k", {"n": 1}, timeout=5))
+            await asyncio.sleep(0.05)  # the sender is now stuck writing the first
+            with pytest.raises(EngineUnavailable) as abandoned:
+                await worker.request("k", {"n": 2}, timeout=0.2)
+            assert "could not hand" in abandoned.value.message
+            with pytest.raises(EngineUnavailable):
+                await first
+            assert time.monotonic() - started < 2  # io_timeout, not the 5 s deadline
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await wait_until(lambda: worker.connected and worker.engine_alive)
+        assert (await worker.request("k", {"n": 3}))["echo"] == {"n": 3}
+        assert {"n": 2} not in [i.payload for i in seen]
+    finally:
+        loop.cancel()
         await worker.close()
         await engine.close()

@@ -329,9 +329,22 @@ async def test_admin_credit_and_halt(client, services):
         u = await s.get(User, (await services.identity.get_user_by_email("alice@example.com")).id)
         u.access_level = AccessLevel.FULL
         await s.commit()
+    await services.identity.user_changed(u.id)  # what every writer of user rows does
     refused = await place(client, alice, acct, side="BUY", quantity="0.01", price="100")
     assert refused["errors"][0]["code"] == "INSTRUMENT_HALTED"
     resumed = await gql(client, halt, {"h": False}, token=admin["accessToken"])
     assert resumed["data"]["adminSetInstrumentStatus"]["instrument"]["status"] == "TRADING"
     accepted = await place(client, alice, acct, side="BUY", quantity="0.01", price="100")
     assert accepted["errors"] == []
+
+
+async def test_malformed_decimal_variables_are_client_errors_not_internal(client):
+    alice, acct = await trader(client, "alice@example.com")
+    for bad in ("lots", 0.5, "NaN"):
+        order = {"accountId": acct, "symbol": "BTC-USD", "type": "LIMIT", "side": "BUY"}
+        body = await gql(
+            client, PLACE, {"i": {**order, "quantity": bad, "price": "1.00"}}, token=alice
+        )
+        error = body["errors"][0]
+        assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", error
+        assert "quantity" in error["message"] and "errorId" not in error["extensions"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from tests.helpers import LOGIN, gql, register
@@ -207,6 +208,8 @@ async def test_suspension_stops_existing_tokens_at_once(client, services):
         token=victim["accessToken"],
     )
     api_token = api["data"]["createApiToken"]["token"]
+    for token in (victim["accessToken"], api_token):  # both principals are now cached
+        assert (await gql(client, "{ me { email } }", token=token))["data"]["me"]
     suspend = """mutation($id: ID!) { adminSetUserStatus(userId: $id, status: SUSPENDED) {
       user { status } errors { code } } }"""
     done = await gql(client, suspend, {"id": victim["user"]["id"]}, token=admin["accessToken"])
@@ -249,3 +252,78 @@ async def _audit(services):
 
     async with services.db.session() as s:
         return list(await s.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+
+
+async def test_a_change_made_behind_the_services_back_is_seen_within_the_cache_ttl(tmp_path, leg):
+    """Writers that bypass ``user_changed`` (SQL by hand) still win after the TTL."""
+    import asyncio
+
+    import httpx
+
+    from tests.conftest import make_settings
+    from tradegraph.app import create_app
+    from tradegraph.identity.models import UserStatus
+    from tradegraph.services import Services
+
+    services = Services(make_settings(tmp_path, leg, auth_cache_seconds=0.3))
+    await services.start()
+    try:
+        app = create_app(services.settings, services=services)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            alice = await register(client)
+            assert (await gql(client, "{ me { email } }", token=alice["accessToken"]))["data"]
+            async with services.db.session() as s:
+                user = await s.get(User, decode_id(alice["user"]["id"], "User"))
+                user.status = UserStatus.SUSPENDED
+                await s.commit()
+            await asyncio.sleep(0.35)
+            body = await gql(client, "{ me { email } }", token=alice["accessToken"])
+            assert body["errors"][0]["extensions"]["code"] == "ACCOUNT_SUSPENDED"
+    finally:
+        await services.stop()
+
+
+async def test_suspension_in_one_process_reaches_the_others_caches(tmp_path, leg):
+    """Two app processes (Services) on one database and Redis: B forgets at once what A
+    changed, long before its (here one minute) cache TTL."""
+    import asyncio
+
+    from tests.conftest import make_settings
+    from tradegraph.errors import Unauthenticated
+    from tradegraph.identity.models import Role, UserStatus
+    from tradegraph.services import Services
+
+    if leg.name != "pg":
+        pytest.skip("needs a database and pub/sub shared by two processes (PG + Redis leg)")
+    settings = make_settings(tmp_path, leg, auth_cache_seconds=60)
+    a, b = Services(settings), Services(settings)
+    await a.start()
+    await b.start()
+    try:
+        admin = await a.identity.register(
+            email="root@example.com",
+            password="correct horse battery",
+            display_name="Root",
+            role=Role.ADMIN,
+        )
+        victim = await a.identity.register(
+            email="bob@example.com", password="correct horse battery", display_name="Bob"
+        )
+        admin_principal = await a.identity.principal_from_header(f"Bearer {admin.access_token}")
+        header = f"Bearer {victim.access_token}"
+        assert (await b.identity.principal_from_header(header)).user_id == victim.user.id
+        assert len(b.identity.principals) == 1
+        await a.identity.set_status(admin_principal, victim.user.id, UserStatus.SUSPENDED)
+        for _ in range(200):
+            if len(b.identity.principals) == 0:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            await b.identity.principal_from_header(header)
+            raise AssertionError("B still accepted the suspended user's token")
+        except Unauthenticated as error:
+            assert error.code == "ACCOUNT_SUSPENDED"
+    finally:
+        await b.stop()
+        await a.stop()

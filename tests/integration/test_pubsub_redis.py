@@ -323,3 +323,14 @@ async def test_connect_waits_or_keeps_trying_in_background(
             assert await next_msg(sub) == {"up": True}
     finally:
         await patient.disconnect()
+
+
+async def test_publish_many_reaches_another_instance_in_order(
+    pair: tuple[PubSub, PubSub],
+) -> None:
+    publisher, listener = pair
+    async with listener.subscribe("fills:1") as sub:
+        await publisher.publish_many([("fills:1", {"n": n}) for n in range(50)])
+        got = [await asyncio.wait_for(anext(sub), 5) for _ in range(50)]
+    assert [m["n"] for m in got] == list(range(50))
+    assert publisher.stats.published == 50

@@ -967,3 +967,49 @@ def test_restore_order_guards() -> None:
         other.set_counters(topic_seqs={"ticker:BTC-USD": 3})
     other.remember_client_order_id(lim(1, BUY, 1, 100, client_order_id="z"), r)
     assert other.place(lim(1, BUY, 1, 100, client_order_id="z"))[0].replayed
+
+
+def test_happy_path_lanes_agree_with_the_general_path() -> None:
+    """Plain limit/market orders take the fast lanes of ``Engine.place``; the same orders
+    with a clientOrderId take the general path.  Both must produce the same effects."""
+
+    def run(with_coid: bool) -> list[Any]:
+        e = make()
+        fund(e, 1)
+        fund(e, 2, btc=0)  # no BTC cell yet: its first accepted order creates it
+        fund(e, 3, usd=0)
+        out: list[Any] = []
+        n = 0
+
+        def req(r: OrderRequest) -> OrderRequest:
+            nonlocal n
+            n += 1
+            return replace(r, client_order_id=f"c{n}") if with_coid else r
+
+        def strip(fx: list[Effect]) -> list[Any]:
+            return [u._replace(request=None) if type(u) is OrderUpdate else u for u in fx]
+
+        for r in (  # sizes large enough for every fee rate to show in the reservations
+            lim(2, SELL, 500, 101),  # no BTC: rejected, must create nothing
+            lim(2, BUY, 500, 99),
+            lim(3, SELL, 400, 102),
+            lim(1, SELL, 300, 101),
+            lim(2, BUY, 200, 101),  # crosses, fills
+            mkt(2, BUY, 600),  # sweeps both asks, the rest expires
+            lim(3, SELL, 900, 98),  # crosses the bid, the rest rests
+            mkt(1, SELL, 100),  # no bids left: expires
+            lim(1, BUY, 100, 97),
+        ):
+            try:
+                result, fx = place(e, req(r))
+                out.append((strip([result.order]), strip(fx)))
+            except DomainError as exc:
+                out.append(exc.code)
+            out.append(e.flush())
+        for acct in (1, 2, 3):
+            for u in e.open_orders(acct):
+                out.append(strip(e.cancel(acct, u.order_id)[1]))
+        out.append((e.flush(), e.balances(), e.counters()))
+        return out
+
+    assert run(with_coid=False) == run(with_coid=True)

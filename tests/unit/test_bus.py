@@ -51,14 +51,19 @@ async def test_request_gets_the_engines_answer() -> None:
     batches: list[list[Incoming]] = []
     engine = asyncio.create_task(echo_engine(bus, batches))
     try:
-        payload = {"qty": Decimal("1.50"), "side": "BUY"}
+        payload = {"qty": "1.50", "side": "BUY", "legs": [1, 2]}
         result = await client.request("place", payload, command_id="c-1", timeout=2)
+        # What JSON would change (Decimal, tuples, int keys) is refused in-process too,
+        # so code tested here behaves the same over Redis.
+        for changed in ({"qty": Decimal("1.50")}, {"legs": (1, 2)}, {"by": {1: "x"}}):
+            with pytest.raises(TypeError, match="JSON-shaped"):
+                await client.request("place", changed, timeout=2)
     finally:
         engine.cancel()
-    assert result == {"position": 0, "echo": {"qty": "1.50", "side": "BUY"}}
+    assert result == {"position": 0, "echo": {"qty": "1.50", "side": "BUY", "legs": [1, 2]}}
     incoming = batches[0][0]
     assert (incoming.command_id, incoming.kind) == ("c-1", "place")
-    assert incoming.payload is not payload  # a JSON copy, as over Redis
+    assert incoming.payload == payload  # handed over as is: no encoding in-process
     assert incoming.deadline is not None and not incoming.expired()
     assert incoming.expired(now=incoming.deadline + 1)
     assert bus.in_flight == 0 and bus.stats.replies == 1

@@ -149,3 +149,11 @@ def test_fee_bounds_and_subadditivity(a: int, b: int, bps: int) -> None:
     # splitting an amount can only cost more in per-piece rounding, never less: this is
     # why the engine rounds fees cumulatively per order (see test_book.py)
     assert fee_for(a + b, bps) <= fee_for(a, bps) + fee_for(b, bps)
+
+
+@given(st.integers(min_value=-(10**40), max_value=10**40), st.integers(0, 18))
+def test_from_minor_is_exact_with_the_scale_as_exponent(units: int, decimals: int) -> None:
+    value = from_minor(units, decimals)
+    sign, digits, exponent = value.as_tuple()
+    assert exponent == -decimals  # "1.50" stays "1.50": the scale is the instrument's
+    assert (-1 if sign else 1) * int("".join(map(str, digits))) == units

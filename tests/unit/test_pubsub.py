@@ -254,3 +254,47 @@ async def test_ping_reports_readiness(ps: PubSub) -> None:
     assert ps.connected
     assert await ps.ping() is True
     assert ps.last_error is None
+
+
+async def test_publish_many_keeps_order_and_sends_nothing_if_one_is_bad(ps: PubSub) -> None:
+    async with ps.subscribe("a") as a, ps.subscribe("b") as b:
+        await ps.publish_many([("a", {"n": 1}), ("b", {"n": 2}), ("a", {"n": 3})])
+        assert [(await next_msg(a))["n"] for _ in range(2)] == [1, 3]
+        assert (await next_msg(b))["n"] == 2
+        with pytest.raises(ValueError):
+            await ps.publish_many([("a", {"n": 4}), ("a", {"x": float("nan")})])
+        await ps.publish_many([])
+        await ps.publish("a", {"n": 5})
+        assert (await next_msg(a))["n"] == 5  # 4 was never sent
+    assert ps.stats.published == 4
+
+
+async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
+    sent: list[tuple[str, str]] = []
+    transport = ps._transport
+    forward = transport.publish_many
+
+    async def spy(items: list[tuple[str, str]]) -> None:
+        sent.extend(items)
+        await forward(items)
+
+    transport.publish_many = spy  # type: ignore[method-assign]
+    async with ps.subscribe("a") as a, ps.subscribe("b") as b, ps.subscribe("a") as a2:
+        events = [("a", {"n": n}) for n in range(300)] + [("b", {"n": -1}), ("a", {"n": 300})]
+        await ps.publish_many(events)
+        assert [channel for channel, _ in sent] == [ps.channel("a"), ps.channel("b")]
+        assert [(await next_msg(a))["n"] for _ in range(301)] == list(range(301))
+        assert [(await next_msg(a2))["n"] for _ in range(301)] == list(range(301))
+        assert (await next_msg(b))["n"] == -1  # a lone message is sent as itself
+        assert sent[1][1] == '{"n":-1}'
+    assert ps.stats.published == 302
+    assert ps.stats.decode_errors == 0
+
+
+async def test_a_payload_that_is_not_objects_is_dropped_and_counted(ps: PubSub) -> None:
+    async with ps.subscribe("a") as a:
+        for bad in ("[1, 2]", "[]", '[{"n": 1}, "x"]', "42", "not json"):
+            await ps._transport.publish(ps.channel("a"), bad)
+        await ps.publish("a", {"n": 2})
+        assert (await next_msg(a))["n"] == 2  # nothing of the bad payloads got through
+    assert ps.stats.decode_errors == 5

@@ -319,3 +319,19 @@ async def test_unreachable_redis_skips_locally_but_fails_in_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="mandatory when CI=true"):
         await connect_redis_or_skip(url)
+
+
+async def test_hit_all_counts_all_or_none(limiter: RateLimiter) -> None:
+    checks = [("all:ip", 5, 60.0), ("all:user", 2, 60.0)]
+    assert await limiter.hit_all(checks) is None
+    assert await limiter.hit_all(checks) is None
+    denied = await limiter.hit_all(checks)  # the user key is full
+    assert denied is not None
+    index, decision = denied
+    assert index == 1 and not decision.allowed and 0 < decision.retry_after <= 60
+    # Nothing counted on the denied call, the IP key included: 3 of 5 left.
+    assert (await limiter.peek("all:ip", 5, 60)).remaining == 3
+    assert (await limiter.peek("all:user", 2, 60)).remaining == 0
+    assert await limiter.hit_all([]) is None
+    with pytest.raises(ValueError):
+        await limiter.hit_all([("", 1, 60.0)])

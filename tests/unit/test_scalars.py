@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+from graphql import GraphQLError
 
 from tradegraph.graphql.scalars import parse_decimal, serialize_decimal
 
@@ -13,7 +14,7 @@ def test_decimal_is_fixed_point_text():
 
 @pytest.mark.parametrize("bad", [1.5, True, None, "abc", "NaN", "Infinity", [1]])
 def test_decimal_input_rejects_floats_and_garbage(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(GraphQLError):  # a client error, not an unexpected exception
         parse_decimal(bad)
 
 

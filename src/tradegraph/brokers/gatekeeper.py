@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -202,9 +203,18 @@ class ReviewDeferred(DomainError):
 class GatekeeperService:
     """Computes, applies, audits and schedules access decisions."""
 
-    def __init__(self, ctx: BrokerContext, linking: LinkingService, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        ctx: BrokerContext,
+        linking: LinkingService,
+        metrics: Metrics,
+        *,
+        on_user_changed: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.linking = linking
+        # Told after a user's access level is written (drops cached principals).
+        self.on_user_changed = on_user_changed
         self.decisions = Counter(
             "tradegraph_gatekeeper_decisions_total",
             "Access decisions by resulting level and source.",
@@ -449,6 +459,8 @@ class GatekeeperService:
                 )
             )
             await session.commit()
+        if self.on_user_changed is not None and previous is not decision.level:
+            await self.on_user_changed(user_id)
         self.decisions.labels(decision.level.value, decision.source).inc()
         await self.ctx.audit.record(
             "access.decided",

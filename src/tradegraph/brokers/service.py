@@ -9,6 +9,7 @@ starts the fake brokers and points the endpoints at them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from tradegraph.audit.service import AuditLog
 from tradegraph.brokers.common import (
@@ -44,6 +45,7 @@ class BrokerService:
         audit: AuditLog,
         keyring: Keyring,
         metrics: Metrics,
+        on_user_changed: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         install_log_redaction()
         self.clock = Clock()
@@ -59,7 +61,9 @@ class BrokerService:
         self.linking = LinkingService(self.ctx, on_change=self._link_changed)
         self.trading = TradingService(self.ctx, self.linking)
         self.summaries = SummaryService(self.ctx, self.linking, self.trading)
-        self.gatekeeper = GatekeeperService(self.ctx, self.linking, metrics)
+        self.gatekeeper = GatekeeperService(
+            self.ctx, self.linking, metrics, on_user_changed=on_user_changed
+        )
         self.sandbox: RunningSandbox | None = None
 
     async def start(self) -> None:

@@ -1,4 +1,4 @@
-"""Order-book data structures and the enums of the exchange core (pure, no I/O).
+"""Order-book data structures of the exchange core (pure, no I/O); re-exports the enums.
 
 A book side is a ``dict`` of price levels plus a sorted ``list`` of keys.  Keys are signed
 so that the *best* level of either side is always ``keys[-1]``: bids use ``key = price``,
@@ -17,8 +17,20 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
+
+from tradegraph.exchange.values import (
+    InstrumentStatus,
+    OrderStatus,
+    OrderType,
+    PostingReason,
+    Side,
+    STPMode,
+    TimeInForce,
+)
+
+if TYPE_CHECKING:  # a cycle at type-check time only; typed so mypyc can use native access
+    from tradegraph.exchange.engine import _Order
 
 __all__ = [
     "BookSide",
@@ -33,55 +45,6 @@ __all__ = [
 ]
 
 
-class Side(StrEnum):
-    BUY = "BUY"
-    SELL = "SELL"
-
-
-class OrderType(StrEnum):
-    LIMIT = "LIMIT"
-    MARKET = "MARKET"
-    STOP_LIMIT = "STOP_LIMIT"
-    STOP_MARKET = "STOP_MARKET"
-
-
-class TimeInForce(StrEnum):
-    GTC = "GTC"
-    IOC = "IOC"
-    FOK = "FOK"
-
-
-class OrderStatus(StrEnum):
-    NEW = "NEW"
-    PARTIALLY_FILLED = "PARTIALLY_FILLED"
-    FILLED = "FILLED"
-    CANCELED = "CANCELED"
-    REJECTED = "REJECTED"
-    EXPIRED = "EXPIRED"
-
-
-class STPMode(StrEnum):
-    """Self-trade prevention (Binance's names); the taker's mode decides."""
-
-    NONE = "NONE"
-    EXPIRE_TAKER = "EXPIRE_TAKER"
-    EXPIRE_MAKER = "EXPIRE_MAKER"
-    EXPIRE_BOTH = "EXPIRE_BOTH"
-
-
-class InstrumentStatus(StrEnum):
-    TRADING = "TRADING"
-    HALTED = "HALTED"
-
-
-class PostingReason(StrEnum):
-    DEPOSIT = "DEPOSIT"
-    WITHDRAWAL = "WITHDRAWAL"
-    CREDIT = "CREDIT"
-    TRADE = "TRADE"
-    FEE = "FEE"
-
-
 class Level:
     """One price level: FIFO of orders (some possibly dead) and live aggregates."""
 
@@ -90,11 +53,11 @@ class Level:
     def __init__(self, price: int, key: int) -> None:
         self.price = price
         self.key = key
-        self.orders: deque[Any] = deque()
+        self.orders: deque[_Order] = deque()
         self.size = 0  # sum of remaining qty of live orders
         self.count = 0  # number of live orders
 
-    def live_orders(self) -> list[Any]:
+    def live_orders(self) -> list[_Order]:
         """Live orders in time priority (dead, lazily-cancelled ones skipped)."""
         return [o for o in self.orders if o.live]
 

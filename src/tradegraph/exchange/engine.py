@@ -70,7 +70,10 @@ Performance notes: effects and results are ``NamedTuple`` s built with ``tuple._
 (about half the cost of a dataclass here, and they map straight onto insert rows); plain
 GTC limits and plain market orders take flat "happy path" lanes in :meth:`Engine.place`
 that hand anything unusual, including every error, to the general path; the match loops
-are specialised per side.  ``bench/bench_engine.py`` measures all of it.
+are specialised per side and keep the taker's and the level's running totals in locals.
+The lanes find an account's cells and open-order index with one lookup in a per-market
+cache (``_Market.members``) that the general path fills when it first accepts an order of
+that account there.  ``bench/bench_engine.py`` measures all of it.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from tradegraph.errors import DomainError
 from tradegraph.exchange.book import (
@@ -93,6 +96,7 @@ from tradegraph.exchange.book import (
     STPMode,
     TimeInForce,
 )
+from tradegraph.exchange.values import InstrumentSpec, OrderRequest
 
 __all__ = [
     "CLIENT_ORDER_ID_RE",
@@ -113,93 +117,37 @@ __all__ = [
     "ledger_postings",
 ]
 
-BPS = 10_000
-CLIENT_ORDER_ID_RE = re.compile(r"[A-Za-z0-9._:/\-]{1,36}")
+BPS: Final = 10_000
+CLIENT_ORDER_ID_RE: Final = re.compile(r"[A-Za-z0-9._:/\-]{1,36}")
 
-# Module-level aliases: a global load is cheaper than an enum attribute lookup.
-BUY = Side.BUY
-SELL = Side.SELL
-LIMIT = OrderType.LIMIT
-MARKET = OrderType.MARKET
-STOP_LIMIT = OrderType.STOP_LIMIT
-STOP_MARKET = OrderType.STOP_MARKET
-GTC = TimeInForce.GTC
-IOC = TimeInForce.IOC
-FOK = TimeInForce.FOK
-NEW = OrderStatus.NEW
-PARTIALLY_FILLED = OrderStatus.PARTIALLY_FILLED
-FILLED = OrderStatus.FILLED
-CANCELED = OrderStatus.CANCELED
-EXPIRED = OrderStatus.EXPIRED
-STP_NONE = STPMode.NONE
-EXPIRE_TAKER = STPMode.EXPIRE_TAKER
-EXPIRE_MAKER = STPMode.EXPIRE_MAKER
-EXPIRE_BOTH = STPMode.EXPIRE_BOTH
-_STP_MODES = frozenset(STPMode)
-_TIFS = frozenset(TimeInForce)
-_INF = 1 << 127
+# Module-level aliases: a global load is cheaper than an enum attribute lookup (and, being
+# ``Final``, a C static when compiled with mypyc rather than a module-dict lookup).
+BUY: Final = Side.BUY
+SELL: Final = Side.SELL
+LIMIT: Final = OrderType.LIMIT
+MARKET: Final = OrderType.MARKET
+STOP_LIMIT: Final = OrderType.STOP_LIMIT
+STOP_MARKET: Final = OrderType.STOP_MARKET
+GTC: Final = TimeInForce.GTC
+IOC: Final = TimeInForce.IOC
+FOK: Final = TimeInForce.FOK
+NEW: Final = OrderStatus.NEW
+PARTIALLY_FILLED: Final = OrderStatus.PARTIALLY_FILLED
+FILLED: Final = OrderStatus.FILLED
+CANCELED: Final = OrderStatus.CANCELED
+EXPIRED: Final = OrderStatus.EXPIRED
+STP_NONE: Final = STPMode.NONE
+EXPIRE_TAKER: Final = STPMode.EXPIRE_TAKER
+EXPIRE_MAKER: Final = STPMode.EXPIRE_MAKER
+EXPIRE_BOTH: Final = STPMode.EXPIRE_BOTH
+_STP_MODES: Final = frozenset(STPMode)
+_TIFS: Final = frozenset(TimeInForce)
+_INF: Final = 1 << 127
 
-_tnew: Any = tuple.__new__  # builds a NamedTuple without a Python-level __new__ call
-_onew: Any = object.__new__
+_tnew: Final[Any] = tuple.__new__  # builds a NamedTuple without a Python-level __new__ call
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True, slots=True)
-class InstrumentSpec:
-    """A tradable pair.  ``tick``/``lot``/``min_qty`` are in price/qty units,
-    ``min_notional`` in quote minor units, fees in basis points (0..10,000)."""
-
-    symbol: str
-    base_asset: str
-    quote_asset: str
-    base_decimals: int
-    quote_decimals: int
-    price_decimals: int
-    qty_decimals: int
-    tick: int = 1
-    lot: int = 1
-    min_qty: int = 0
-    min_notional: int = 0
-    maker_fee_bps: int = 0
-    taker_fee_bps: int = 0
-    status: InstrumentStatus = InstrumentStatus.TRADING
-
-    @property
-    def quote_mult(self) -> int:
-        """Quote minor units per (price unit x qty unit)."""
-        mult: int = 10 ** (self.quote_decimals - self.price_decimals - self.qty_decimals)
-        return mult
-
-    @property
-    def base_mult(self) -> int:
-        """Base minor units per qty unit."""
-        mult: int = 10 ** (self.base_decimals - self.qty_decimals)
-        return mult
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRequest:
-    """A placement, shape-checked by the API layer (the engine checks again).
-
-    ``quantity`` in qty units; ``price``/``stop_price`` in price units; ``quote_quantity``
-    (MARKET/STOP_MARKET buys only) is a notional budget in quote minor units.  Equality of
-    two requests is what makes a ``client_order_id`` retry idempotent.
-    """
-
-    account_id: int
-    symbol: str
-    side: Side
-    type: OrderType
-    quantity: int | None = None
-    price: int | None = None
-    stop_price: int | None = None
-    quote_quantity: int | None = None
-    time_in_force: TimeInForce = TimeInForce.GTC
-    post_only: bool = False
-    client_order_id: str | None = None
-    stp: STPMode = STPMode.EXPIRE_TAKER
 
 
 # --------------------------------------------------------------------------- effects
@@ -456,6 +404,7 @@ class _Market:
         "lot",
         "maker_bps",
         "max_sell_stop",
+        "members",
         "min_buy_stop",
         "min_notional",
         "min_qty",
@@ -494,6 +443,9 @@ class _Market:
         self.min_buy_stop = _INF
         self.max_sell_stop = -_INF
         self.last_restored = 0
+        # account id -> (its open orders, base cell, quote cell), filled in by the general
+        # path (cells never go away): the happy-path lanes need one lookup instead of four
+        self.members: dict[int, tuple[dict[int, _Order], _Cell, _Cell]] = {}
 
     def refresh_stop_bounds(self) -> None:
         self.min_buy_stop = min((o.stop for o in self.stops if o.is_buy), default=_INF)
@@ -510,12 +462,12 @@ class _Order:
         "fee_num",
         "fee_paid",
         "filled",
+        "index",
         "is_buy",
         "limit",
         "live",
         "m",
         "order_id",
-        "owner",
         "priority",
         "quote_cell",
         "quote_filled",
@@ -524,7 +476,6 @@ class _Order:
         "res_bps",
         "reserved",
         "status",
-        "stop",
         "triggered",
     )
 
@@ -542,15 +493,14 @@ class _Order:
         priority: int,
         base_cell: _Cell,
         quote_cell: _Cell,
-        owner: _Account,
+        index: dict[int, _Order],
     ) -> None:
         self.order_id = order_id
         self.account_id = request.account_id
-        self.owner = owner
+        self.index = index  # the owner's open orders (``_Account.orders``)
         self.request = request
         self.m = m
         self.is_buy = is_buy
-        self.stop = request.stop_price or 0
         self.limit = limit
         self.remaining = qty
         self.budget = budget  # unspent notional of a quote-quantity buy; -1 otherwise
@@ -566,6 +516,11 @@ class _Order:
         self.status = NEW
         self.live = False  # resting in the book
         self.triggered = False
+
+    @property
+    def stop(self) -> int:
+        """Stop price (0 for non-stop orders); only the stop paths read it."""
+        return self.request.stop_price or 0
 
 
 class _CoidEntry(NamedTuple):
@@ -620,6 +575,8 @@ class Engine:
         self._assets: dict[str, int] = {}
         self._markets: dict[str, _Market] = {}
         self._accounts: dict[int, _Account] = {}
+        # account id -> that account's open orders (``_Account.orders``): cancels skip a hop
+        self._open_orders: dict[int, dict[int, _Order]] = {}
         self._coids: dict[tuple[int, str], _CoidEntry] = {}
         self._next_order_id = 1
         self._next_trade_id = 1
@@ -703,6 +660,7 @@ class Engine:
         a = self._accounts.get(account_id)
         if a is None:
             a = self._accounts[account_id] = _Account()
+            self._open_orders[account_id] = a.orders
         return a
 
     def _cell(self, account_id: int, asset: str) -> _Cell:
@@ -894,13 +852,14 @@ class Engine:
             or req.stp not in _STP_MODES
         ):
             return self._place(req)
+        # Identity checks: a value that is merely equal (a plain str) takes the general path.
         otype = req.type
-        if otype != LIMIT or req.time_in_force != GTC:
+        if otype is not LIMIT or req.time_in_force is not GTC:
             if (
-                otype == MARKET
+                otype is MARKET
                 and not req.post_only
                 and req.price is None
-                and req.time_in_force in (GTC, IOC)
+                and (req.time_in_force is GTC or req.time_in_force is IOC)
             ):
                 return self._place_market(req, m, qty)
             return self._place(req)
@@ -910,12 +869,14 @@ class Engine:
         if price is None or price <= 0 or price % m.tick:
             return self._place(req)
         side = req.side
-        if side == BUY:
+        if side is BUY:
             is_buy = True
+            own = m.bids
             okeys = m.asks.keys
             lim_key = -price
-        elif side == SELL:
+        elif side is SELL:
             is_buy = False
+            own = m.asks
             okeys = m.bids.keys
             lim_key = price
         else:
@@ -924,68 +885,34 @@ class Engine:
         if n < m.min_notional:
             return self._place(req)
         crosses = okeys and okeys[-1] >= lim_key
-        post_only = req.post_only
-        if post_only and crosses:
+        if crosses and req.post_only:
             return self._place(req)
-        acct = req.account_id
-        a = self._accounts.get(acct)
-        if a is None:
+        mem = m.members.get(req.account_id)
+        if mem is None:  # first accepted order of this account here: the general path
             return self._place(req)
-        cells = a.cells
-        bc: _Cell | None
-        qc: _Cell | None
+        index, bc, qc = mem
         if is_buy:  # resting can only ever pay the maker fee; taking may pay the taker fee
             res_bps = m.gtc_bps if crosses else m.maker_bps
             reserve = n - (-(n * res_bps) // BPS)
-            c = cells.get(m.quote)
-            if c is None or c.total - c.locked < reserve:
-                return self._place(req)
-            qc = c
-            bc = cells.get(m.base)
-            if bc is None:
-                bc = cells[m.base] = _Cell(acct, m.base)
+            c = qc
         else:
             res_bps = 0
             reserve = qty * m.bm
-            c = cells.get(m.base)
-            if c is None or c.total - c.locked < reserve:
-                return self._place(req)
-            bc = c
-            qc = cells.get(m.quote)
-            if qc is None:
-                qc = cells[m.quote] = _Cell(acct, m.quote)
+            c = bc
+        if c.total - c.locked < reserve:
+            return self._place(req)
 
         # ---- accepted
         oid = self._next_order_id
         self._next_order_id = oid + 1
         prio = self._next_priority
         self._next_priority = prio + 1
-        # built field by field: saves the __init__ call on the hottest path
-        o: _Order = _onew(_Order)
-        o.order_id = oid
-        o.account_id = acct
-        o.owner = a
-        o.request = req
-        o.m = m
-        o.is_buy = is_buy
-        o.stop = 0
-        o.limit = price
-        o.remaining = qty
-        o.budget = -1
-        o.filled = o.quote_filled = o.fee_num = o.fee_paid = 0
-        o.res_bps = res_bps
-        o.reserved = reserve
-        o.priority = prio
-        o.base_cell = bc
-        o.quote_cell = qc
-        o.status = NEW
-        o.triggered = False
+        o = _Order(oid, req, m, is_buy, price, qty, -1, res_bps, reserve, prio, bc, qc, index)
         c.locked += reserve
         if c.stamp != self._batch:
             c.stamp = self._batch
             self._dirty.append(c)
         if crosses:
-            o.live = False
             fx: list[Effect] = []
             self._fx = fx
             trades: list[Trade] = []
@@ -1001,7 +928,6 @@ class Engine:
                 self._check_stops(m)
             return result, fx
         # rests without matching (an inlined _rest)
-        own = m.bids if is_buy else m.asks
         lvl = own.levels.get(-lim_key)
         if lvl is None:
             lvl = own.level_for(price)
@@ -1010,7 +936,7 @@ class Engine:
         size = lvl.size = lvl.size + qty
         own.changes[price] = size
         o.live = True
-        a.orders[oid] = o
+        index[oid] = o
         snap = _tnew(
             OrderUpdate, (oid, NEW, 0, qty, 0, 0, 0, reserve, 0, price, prio, False, None, req)
         )
@@ -1019,64 +945,79 @@ class Engine:
     def _place_market(
         self, req: OrderRequest, m: _Market, qty: int
     ) -> tuple[PlaceResult, list[Effect]]:
-        """Happy-path lane for a plain market order by quantity (see :meth:`place`)."""
+        """Happy-path lane for a plain market order by quantity (see :meth:`place`);
+        :meth:`_protection`, ``_Order.__init__`` and :meth:`_end` are inlined."""
         side = req.side
-        if side == BUY:
+        if side is BUY:
             is_buy = True
-            okeys = m.asks.keys
-        elif side == SELL:
+            opp = m.asks
+        elif side is SELL:
             is_buy = False
-            okeys = m.bids.keys
+            opp = m.bids
         else:
             return self._place(req)
+        okeys = opp.keys
         if not okeys:  # nothing to trade against: the general path expires it
             return self._place(req)
-        acct = req.account_id
-        a = self._accounts.get(acct)
-        if a is None:
+        mem = m.members.get(req.account_id)
+        if mem is None:
             return self._place(req)
-        limit = self._protection(m, is_buy)
-        cells = a.cells
-        bc: _Cell | None
-        qc: _Cell | None
-        if is_buy:
+        index, bc, qc = mem
+        tick = m.tick
+        best = opp.levels[okeys[-1]].price
+        if is_buy:  # protection price: best opposite +/- the band, on tick
+            limit = best * (BPS + self.market_band_bps) // BPS
+            limit -= limit % tick
             res_bps = m.taker_bps
             n = limit * qty * m.qm
             reserve = n - (-(n * res_bps) // BPS)
-            c = cells.get(m.quote)
-            if c is None or c.total - c.locked < reserve:
-                return self._place(req)
-            qc = c
-            bc = cells.get(m.base)
-            if bc is None:
-                bc = cells[m.base] = _Cell(acct, m.base)
+            c = qc
         else:
+            limit = -(-best * (BPS - self.market_band_bps) // BPS)
+            r = limit % tick
+            if r:
+                limit += tick - r
+            if limit <= tick:
+                limit = tick
             res_bps = 0
             reserve = qty * m.bm
-            c = cells.get(m.base)
-            if c is None or c.total - c.locked < reserve:
-                return self._place(req)
-            bc = c
-            qc = cells.get(m.quote)
-            if qc is None:
-                qc = cells[m.quote] = _Cell(acct, m.quote)
+            c = bc
+        if c.total - c.locked < reserve:
+            return self._place(req)
         oid = self._next_order_id
         self._next_order_id = oid + 1
         prio = self._next_priority
         self._next_priority = prio + 1
-        o = _Order(oid, req, m, is_buy, limit, qty, -1, res_bps, reserve, prio, bc, qc, a)
+        o = _Order(oid, req, m, is_buy, limit, qty, -1, res_bps, reserve, prio, bc, qc, index)
         c.locked += reserve
-        if c.stamp != self._batch:
-            c.stamp = self._batch
+        batch = self._batch
+        if c.stamp != batch:
+            c.stamp = batch
             self._dirty.append(c)
         fx: list[Effect] = []
         self._fx = fx
         trades: list[Trade] = []
         outcome = self._match_buy(o, m, trades) if is_buy else self._match_sell(o, m, trades)
         if outcome == 1:
-            snap = self._end(o, FILLED, None)
+            status = FILLED
+            reason = None
         else:
-            snap = self._end(o, EXPIRED, "STP" if outcome == 2 else "MARKET")
+            status = EXPIRED
+            reason = "STP" if outcome == 2 else "MARKET"
+        o.status = status
+        left = o.reserved
+        if left:  # release what the order no longer needs
+            o.reserved = 0
+            c.locked -= left
+            if c.stamp != batch:
+                c.stamp = batch
+                self._dirty.append(c)
+        snap: OrderUpdate = _tnew(
+            OrderUpdate,
+            (oid, status, o.filled, o.remaining, o.quote_filled, o.fee_paid, o.fee_num, 0, 0,
+             limit, prio, False, reason, req),
+        )  # fmt: skip
+        fx.append(snap)
         result: PlaceResult = _tnew(PlaceResult, (snap, trades, False))
         if m.stops:
             self._check_stops(m)
@@ -1190,11 +1131,15 @@ class Engine:
             bc = a.cells[m.base] = _Cell(acct, m.base)
         if qc is None:
             qc = a.cells[m.quote] = _Cell(acct, m.quote)
+        if acct not in m.members:
+            m.members[acct] = (a.orders, bc, qc)
         oid = self._next_order_id
         self._next_order_id = oid + 1
         prio = self._next_priority
         self._next_priority = prio + 1
-        o = _Order(oid, req, m, is_buy, limit, qty or 0, budget, res_bps, reserve, prio, bc, qc, a)
+        o = _Order(
+            oid, req, m, is_buy, limit, qty or 0, budget, res_bps, reserve, prio, bc, qc, a.orders
+        )
         c = qc if is_buy else bc
         c.locked += reserve
         self._touch(c)
@@ -1288,7 +1233,7 @@ class Engine:
         return False
 
     def _run(
-        self, o: _Order, m: _Market, trades: list[Trade] | None, is_market: bool, tif: str
+        self, o: _Order, m: _Market, trades: list[Trade], is_market: bool, tif: str
     ) -> OrderUpdate:
         """Match ``o`` as taker, then rest it (GTC limit) or end it; returns its update."""
         outcome = self._match(o, m, trades)
@@ -1341,17 +1286,17 @@ class Engine:
         return snap
 
     def _index(self, o: _Order) -> None:
-        o.owner.orders[o.order_id] = o
+        o.index[o.order_id] = o
 
     def _unindex(self, o: _Order) -> None:
-        del o.owner.orders[o.order_id]
+        del o.index[o.order_id]
 
     def _all_orders(self) -> list[_Order]:
         return [o for a in self._accounts.values() for o in a.orders.values()]
 
     # ------------------------------------------------------------------ matching
 
-    def _match(self, o: _Order, m: _Market, trades: list[Trade] | None) -> int:
+    def _match(self, o: _Order, m: _Market, trades: list[Trade]) -> int:
         """Take liquidity for ``o``.
 
         Returns 1 when ``o`` is filled (a quote budget counts as filled once it can't
@@ -1375,7 +1320,7 @@ class Engine:
         self._unindex(mk)
         self._end(mk, EXPIRED, "STP")
 
-    def _match_buy(self, o: _Order, m: _Market, trades: list[Trade] | None) -> int:
+    def _match_buy(self, o: _Order, m: _Market, trades: list[Trade]) -> int:
         """Taker buys from the asks; makers are sellers (their reservation is base)."""
         asks = m.asks
         levels = asks.levels
@@ -1405,7 +1350,7 @@ class Engine:
         remaining = o.remaining
         fee_num = o.fee_num
         fee_paid = o.fee_paid
-        filled = spent = base_in = fees = traded = 0
+        filled = spent = maker_fees = traded = 0
         outcome = 0
         while keys:
             key = keys[-1]
@@ -1414,56 +1359,62 @@ class Engine:
             lvl = levels[key]
             q = lvl.orders
             price = lvl.price
-            size0 = lvl.size
-            while lvl.count:
+            pq = price * qm  # notional of one qty unit at this level
+            # the level's aggregates live in locals until the level is done
+            size = size0 = lvl.size
+            count = lvl.count
+            while count:
                 mk = q[0]
                 if not mk.live:
                     q.popleft()
                     continue
                 if check_stp and mk.account_id == acct:
+                    lvl.size = size
+                    lvl.count = count
                     if stp == EXPIRE_TAKER:
                         outcome = 2
                         break
                     self._stp_expire_maker(mk, lvl)
+                    size = lvl.size
+                    count = lvl.count
                     if stp == EXPIRE_BOTH:
                         outcome = 2
                         break
                     continue
                 mrem = mk.remaining
                 if use_budget:
-                    fq = budget // (price * qm)
+                    fq = budget // pq
                     fq -= fq % lot
                     if fq > mrem:
                         fq = mrem
                     if fq <= 0:
                         outcome = 3  # the budget can't buy another lot here
                         break
+                    n = pq * fq
+                    budget -= n
                 else:
                     fq = remaining if remaining < mrem else mrem
-                n = price * fq * qm
+                    remaining -= fq
+                    n = pq * fq
                 b = fq * bm
                 # cumulative per-order fee rounding (module docstring)
                 fee_num += n * tbps
-                fb = -(-fee_num // BPS) - fee_paid
-                fee_paid += fb
+                tf = -(-fee_num // BPS) - fee_paid
+                fee_paid += tf
                 fn = mk.fee_num + n * mbps
-                fs = -(-fn // BPS) - mk.fee_paid
+                mpaid = -(-fn // BPS)
+                mf = mpaid - mk.fee_paid
                 mk.fee_num = fn
-                mk.fee_paid += fs
+                mk.fee_paid = mpaid
                 filled += fq
                 spent += n
-                base_in += b
-                fees += fb + fs
-                if use_budget:
-                    budget -= n
-                else:
-                    remaining -= fq
+                maker_fees += mf
                 # maker (seller): deliver base out of its reservation, receive n - fee
                 mrem -= fq
                 mk.remaining = mrem
-                mk.filled += fq
-                mk.quote_filled += n
-                mk.reserved -= b
+                mfilled = mk.filled = mk.filled + fq
+                mquote = mk.quote_filled = mk.quote_filled + n
+                mres = mk.reserved = mk.reserved - b
                 c = mk.base_cell
                 c.total -= b
                 c.locked -= b
@@ -1471,54 +1422,55 @@ class Engine:
                     c.stamp = batch
                     dirty.append(c)
                 c = mk.quote_cell
-                c.total += n - fs
+                c.total += n - mf
                 if c.stamp != batch:
                     c.stamp = batch
                     dirty.append(c)
                 tid += 1
                 seq += 1
                 traded = price
+                moid = mk.order_id
                 t: Trade = _tnew(
                     Trade,
-                    (tid, sym, seq, price, fq, n, b, BUY, toid, acct, mk.order_id,
-                     mk.account_id, fb, fs, base, quote, fee_acct),
+                    (tid, sym, seq, price, fq, n, b, BUY, toid, acct, moid, mk.account_id,
+                     tf, mf, base, quote, fee_acct),
                 )  # fmt: skip
                 fx.append(t)
-                if trades is not None:
-                    trades.append(t)
-                lvl.size -= fq
+                trades.append(t)
+                size -= fq
                 if mrem == 0:
                     q.popleft()
                     mk.live = False
-                    lvl.count -= 1
-                    del mk.owner.orders[mk.order_id]
+                    count -= 1
+                    del mk.index[moid]
                     status = mk.status = FILLED
                 else:
                     status = mk.status = PARTIALLY_FILLED
                 fx.append(
                     _tnew(
                         OrderUpdate,
-                        (mk.order_id, status, mk.filled, mrem, mk.quote_filled, mk.fee_paid,
-                         fn, mk.reserved, 0, price, mk.priority, mk.triggered, None, mk.request),
+                        (moid, status, mfilled, mrem, mquote, mpaid, fn, mres, 0, price,
+                         mk.priority, mk.triggered, None, mk.request),
                     )
                 )  # fmt: skip
                 if remaining == 0 and not use_budget:
                     outcome = 1
                     break
-            if lvl.size != size0:
-                changes[price] = lvl.size
-            if lvl.count == 0:
+            lvl.size = size
+            lvl.count = count
+            if size != size0:
+                changes[price] = size
+            if count == 0:
                 del levels[key]
                 keys.pop()
             if outcome:
                 break
         self._next_trade_id = tid + 1
         m.trades_seq = seq
-        if filled:
-            m.last = traded
         if use_budget and outcome != 2 and (outcome == 3 or budget == 0):
             outcome = 1 if filled else 3
         if filled:
+            m.last = traded
             # settle the taker once: pay notional + fee, release what the rest can't cost
             taker_fee = fee_paid - o.fee_paid
             o.filled += filled
@@ -1535,15 +1487,15 @@ class Engine:
             c.total -= spent + taker_fee
             c.locked -= o.reserved - need
             o.reserved = need
-            o.base_cell.total += base_in
-            m.fee_cell.total += fees
+            o.base_cell.total += filled * bm
+            m.fee_cell.total += maker_fees + taker_fee
             for c in (o.base_cell, o.quote_cell, m.fee_cell):
                 if c.stamp != batch:
                     c.stamp = batch
                     dirty.append(c)
         return outcome
 
-    def _match_sell(self, o: _Order, m: _Market, trades: list[Trade] | None) -> int:
+    def _match_sell(self, o: _Order, m: _Market, trades: list[Trade]) -> int:
         """Taker sells into the bids; makers are buyers (their reservation is quote)."""
         bids = m.bids
         levels = bids.levels
@@ -1570,7 +1522,7 @@ class Engine:
         remaining = o.remaining
         fee_num = o.fee_num
         fee_paid = o.fee_paid
-        filled = proceeds = fees = traded = 0
+        filled = proceeds = maker_fees = traded = 0
         outcome = 0
         while keys:
             key = keys[-1]
@@ -1579,45 +1531,53 @@ class Engine:
             lvl = levels[key]
             q = lvl.orders
             price = lvl.price
-            size0 = lvl.size
-            while lvl.count:
+            pq = price * qm  # notional of one qty unit at this level
+            # the level's aggregates live in locals until the level is done
+            size = size0 = lvl.size
+            count = lvl.count
+            while count:
                 mk = q[0]
                 if not mk.live:
                     q.popleft()
                     continue
                 if check_stp and mk.account_id == acct:
+                    lvl.size = size
+                    lvl.count = count
                     if stp == EXPIRE_TAKER:
                         outcome = 2
                         break
                     self._stp_expire_maker(mk, lvl)
+                    size = lvl.size
+                    count = lvl.count
                     if stp == EXPIRE_BOTH:
                         outcome = 2
                         break
                     continue
                 mrem = mk.remaining
                 fq = remaining if remaining < mrem else mrem
-                n = price * fq * qm
+                remaining -= fq
+                n = pq * fq
                 b = fq * bm
                 fee_num += n * tbps
-                fs = -(-fee_num // BPS) - fee_paid
-                fee_paid += fs
+                tf = -(-fee_num // BPS) - fee_paid
+                fee_paid += tf
                 fn = mk.fee_num + n * mbps
-                fb = -(-fn // BPS) - mk.fee_paid
+                mpaid = -(-fn // BPS)
+                mf = mpaid - mk.fee_paid
                 mk.fee_num = fn
-                mk.fee_paid += fb
+                mk.fee_paid = mpaid
                 filled += fq
                 proceeds += n
-                fees += fb + fs
-                remaining -= fq
+                maker_fees += mf
                 # maker (buyer): pay n + fee from its reservation, release the surplus
                 mrem -= fq
                 mk.remaining = mrem
-                mk.filled += fq
-                mk.quote_filled += n
-                rest = price * mrem * qm
-                need = rest - (-(fn + rest * mk.res_bps) // BPS) - mk.fee_paid
+                mfilled = mk.filled = mk.filled + fq
+                mquote = mk.quote_filled = mk.quote_filled + n
+                rest = pq * mrem
+                need = rest - (-(fn + rest * mk.res_bps) // BPS) - mpaid
                 c = mk.quote_cell
-                c.total -= n + fb
+                c.total -= n + mf
                 c.locked -= mk.reserved - need
                 mk.reserved = need
                 if c.stamp != batch:
@@ -1631,36 +1591,38 @@ class Engine:
                 tid += 1
                 seq += 1
                 traded = price
+                moid = mk.order_id
                 t: Trade = _tnew(
                     Trade,
-                    (tid, sym, seq, price, fq, n, b, SELL, toid, acct, mk.order_id,
-                     mk.account_id, fs, fb, base, quote, fee_acct),
+                    (tid, sym, seq, price, fq, n, b, SELL, toid, acct, moid, mk.account_id,
+                     tf, mf, base, quote, fee_acct),
                 )  # fmt: skip
                 fx.append(t)
-                if trades is not None:
-                    trades.append(t)
-                lvl.size -= fq
+                trades.append(t)
+                size -= fq
                 if mrem == 0:
                     q.popleft()
                     mk.live = False
-                    lvl.count -= 1
-                    del mk.owner.orders[mk.order_id]
+                    count -= 1
+                    del mk.index[moid]
                     status = mk.status = FILLED
                 else:
                     status = mk.status = PARTIALLY_FILLED
                 fx.append(
                     _tnew(
                         OrderUpdate,
-                        (mk.order_id, status, mk.filled, mrem, mk.quote_filled, mk.fee_paid,
-                         fn, need, 0, price, mk.priority, mk.triggered, None, mk.request),
+                        (moid, status, mfilled, mrem, mquote, mpaid, fn, need, 0, price,
+                         mk.priority, mk.triggered, None, mk.request),
                     )
                 )  # fmt: skip
                 if remaining == 0:
                     outcome = 1
                     break
-            if lvl.size != size0:
-                changes[price] = lvl.size
-            if lvl.count == 0:
+            lvl.size = size
+            lvl.count = count
+            if size != size0:
+                changes[price] = size
+            if count == 0:
                 del levels[key]
                 keys.pop()
             if outcome:
@@ -1669,7 +1631,6 @@ class Engine:
         m.trades_seq = seq
         if filled:
             m.last = traded
-        if filled:
             # settle the taker once: deliver base from its reservation, receive n - fee
             taker_fee = fee_paid - o.fee_paid
             base_out = filled * bm
@@ -1683,7 +1644,7 @@ class Engine:
             c.total -= base_out
             c.locked -= base_out
             o.quote_cell.total += proceeds - taker_fee
-            m.fee_cell.total += fees
+            m.fee_cell.total += maker_fees + taker_fee
             for c in (o.base_cell, o.quote_cell, m.fee_cell):
                 if c.stamp != batch:
                     c.stamp = batch
@@ -1741,7 +1702,7 @@ class Engine:
         ):
             self._end(o, EXPIRED, "FOK")
         elif crosses:
-            self._run(o, m, None, is_market, tif)
+            self._run(o, m, [], is_market, tif)
         elif is_market:
             self._end(o, EXPIRED, "MARKET")
         elif tif != GTC:
@@ -1758,54 +1719,45 @@ class Engine:
         if order_id is None and client_order_id is not None:
             entry = self._coids.get((account_id, client_order_id))
             order_id = entry.order_id if entry is not None else None
-        a = self._accounts.get(account_id)
-        if a is None or order_id is None or (o := a.orders.get(order_id)) is None:
+        orders = self._open_orders.get(account_id)
+        if orders is None or order_id is None or (o := orders.get(order_id)) is None:
             raise _err("ORDER_NOT_FOUND", "no such open order", "id")
         if not o.live:  # a pending stop
             fx = self._begin()
             return self._remove_open(o, CANCELED, "CANCELED"), fx
         # Fast path (inlined _remove_open/_end): one level, one cell change.
         m = o.m
-        is_buy = o.is_buy
-        own = m.bids if is_buy else m.asks
         price = o.limit
-        lvl = own.levels[price if is_buy else -price]
+        if o.is_buy:
+            own = m.bids
+            lvl = own.levels[price]
+            c = o.quote_cell
+        else:
+            own = m.asks
+            lvl = own.levels[-price]
+            c = o.base_cell
         o.live = False
-        lvl.count -= 1
-        size = lvl.size = lvl.size - o.remaining
-        if lvl.count == 0:
+        count = lvl.count = lvl.count - 1
+        remaining = o.remaining
+        size = lvl.size = lvl.size - remaining
+        if count == 0:
             own.drop_level(lvl)
-        elif len(lvl.orders) > 2 * lvl.count + 16:
+        elif len(lvl.orders) > 2 * count + 16:
             lvl.orders = deque([x for x in lvl.orders if x.live])
         oid = o.order_id
-        del a.orders[oid]
+        del orders[oid]
         own.changes[price] = size
-        c = o.quote_cell if is_buy else o.base_cell
         c.locked -= o.reserved
         if c.stamp != self._batch:
             c.stamp = self._batch
             self._dirty.append(c)
         o.reserved = 0
         o.status = CANCELED
-        snap = _tnew(
+        snap: OrderUpdate = _tnew(
             OrderUpdate,
-            (
-                oid,
-                CANCELED,
-                o.filled,
-                o.remaining,
-                o.quote_filled,
-                o.fee_paid,
-                o.fee_num,
-                0,
-                0,
-                price,
-                o.priority,
-                o.triggered,
-                "CANCELED",
-                o.request,
-            ),
-        )
+            (oid, CANCELED, o.filled, remaining, o.quote_filled, o.fee_paid, o.fee_num, 0, 0,
+             price, o.priority, o.triggered, "CANCELED", o.request),
+        )  # fmt: skip
         return snap, [snap]
 
     def cancel_all(
@@ -1913,6 +1865,10 @@ class Engine:
         m.last_restored = state.priority
         is_buy = req.side == BUY
         pending_stop = req.type in (STOP_LIMIT, STOP_MARKET) and not state.triggered
+        a = self._account(req.account_id)
+        bc = self._cell(req.account_id, m.base)
+        qc = self._cell(req.account_id, m.quote)
+        m.members.setdefault(req.account_id, (a.orders, bc, qc))
         o = _Order(
             state.order_id,
             req,
@@ -1924,9 +1880,9 @@ class Engine:
             _reserve_bps(m, req, pending_stop),
             state.reserved,
             state.priority,
-            self._cell(req.account_id, m.base),
-            self._cell(req.account_id, m.quote),
-            self._account(req.account_id),
+            bc,
+            qc,
+            a.orders,
         )
         o.filled = state.filled_qty
         o.quote_filled = state.quote_filled
@@ -2024,8 +1980,10 @@ class Engine:
         cells_seen: set[tuple[int, str]] = set()
         for acct, a in self._accounts.items():
             for oid, o in a.orders.items():
-                if o.order_id != oid or o.account_id != acct or o.owner is not a:
+                if o.order_id != oid or o.account_id != acct or o.index is not a.orders:
                     problems.append(f"order {o.order_id} is indexed wrongly")
+            if self._open_orders.get(acct) is not a.orders:
+                problems.append(f"account {acct}: open-order map is stale")
             for asset, c in a.cells.items():
                 key = (acct, asset)
                 cells_seen.add(key)
@@ -2035,6 +1993,15 @@ class Engine:
                     problems.append(f"cell {key}: locked={c.locked} != {reserved.get(key, 0)}")
         problems.extend(f"reservation without cell {k}" for k in reserved if k not in cells_seen)
         for m in self._markets.values():
+            for acct, (index, bc, qc) in m.members.items():
+                owner = self._accounts.get(acct)
+                if (
+                    owner is None
+                    or index is not owner.orders
+                    or owner.cells.get(m.base) is not bc
+                    or owner.cells.get(m.quote) is not qc
+                ):
+                    problems.append(f"{m.symbol}: cached cells of account {acct} are stale")
             bb, ba = m.bids.best_price(), m.asks.best_price()
             if bb is not None and ba is not None and bb >= ba:
                 problems.append(f"{m.symbol} crossed: bid {bb} >= ask {ba}")
@@ -2056,7 +2023,7 @@ class Engine:
             if prios != sorted(prios):
                 problems.append(f"{m.symbol} level {lvl.price} breaks time priority")
             for o in live:
-                if o.limit != lvl.price or o.owner.orders.get(o.order_id) is not o:
+                if o.limit != lvl.price or o.index.get(o.order_id) is not o:
                     problems.append(f"order {o.order_id} misplaced")
                 if o.remaining <= 0 or o.is_buy != bs.is_bid:
                     problems.append(f"order {o.order_id} rests with {o.remaining}")

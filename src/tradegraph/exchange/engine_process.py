@@ -15,6 +15,7 @@ from tradegraph.config import Settings
 from tradegraph.db import Database
 from tradegraph.exchange.runtime import ExchangeRuntime
 from tradegraph.exchange.store import ExchangeStore
+from tradegraph.gctuning import tune_for_server
 from tradegraph.jobs.leader import LeaderLock
 from tradegraph.pubsub import PubSub
 
@@ -49,6 +50,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event) -> None:
             store=ExchangeStore(db, fence=lock.fence),
         )
         await runtime.start()
+        if settings.gc_tuning:
+            tune_for_server()  # after the rebuild: the books are the long-lived heap
         try:
             lost = asyncio.ensure_future(lock.lost.wait())
             stopper = asyncio.ensure_future(stop.wait())

@@ -70,11 +70,10 @@ class EnginePublisher:
                 events = await asyncio.wait_for(self.queue.get(), 0.5)
             except TimeoutError:
                 continue
-            for topic, msg in events:
-                try:
-                    await self.pubsub.publish(topic, msg)
-                except Exception:
-                    self.publish_errors += 1
+            try:
+                await self.pubsub.publish_many(events)  # one round trip per batch
+            except Exception:
+                self.publish_errors += len(events)
 
 
 class ExchangeRuntime:

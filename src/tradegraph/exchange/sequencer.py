@@ -56,6 +56,11 @@ class AccountInfo:
     status: str
 
 
+# Results written to ``engine_commands`` (the same text ``json.dumps(result, default=str)``
+# gives), built once: ``json.dumps`` with options makes a new encoder on every call.
+_LOG_ENCODER = json.JSONEncoder(default=str)
+
+
 def params_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -332,7 +337,7 @@ class Sequencer:
                 {
                     "command_id": incoming.command_id,
                     "kind": incoming.kind,
-                    "result": json.dumps(result, default=str),
+                    "result": _LOG_ENCODER.encode(result),
                 }
             )
         return result
@@ -522,8 +527,8 @@ class Sequencer:
         return {
             "symbol": snap.symbol,
             "seq": snap.seq,
-            "bids": snap.bids,
-            "asks": snap.asks,
+            "bids": [list(level) for level in snap.bids],  # JSON-shaped: [price, qty]
+            "asks": [list(level) for level in snap.asks],
             "last": self.engine.last_price(p["symbol"]),
             "best_bid": bid,
             "best_ask": ask,

@@ -65,19 +65,58 @@ class OperationScope(SchemaExtension):
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
-        token = _loaders.set({})
+        token = new_loader_scope()
         ctx = self.execution_context.context
         try:
-            if ctx is not None and ctx.auth_error is not None:
-                # A bad token fails loudly (even on public fields) so clients refresh it.
-                raise ctx.auth_error
-            if ctx is not None and ctx.connection_params is not None:
-                ctx.principal = await ctx.services.identity.principal_from_header(
-                    ctx.connection_params.get("authorization")
-                )
+            if ctx is not None:
+                await authenticate_operation(ctx)
             yield
         finally:
-            _loaders.reset(token)
+            end_loader_scope(token)
+
+
+def new_loader_scope() -> contextvars.Token[dict[str, Any] | None]:
+    """Start an operation's DataLoader scope; ``_loaders.reset(token)`` ends it."""
+    return _loaders.set({})
+
+
+def end_loader_scope(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    """End the scope ``new_loader_scope`` started."""
+    _loaders.reset(token)
+
+
+async def authenticate_operation(ctx: Any) -> None:
+    """Raise the request's token error, or re-check a websocket connection's token."""
+    if ctx.auth_error is not None:
+        # A bad token fails loudly (even on public fields) so clients refresh it.
+        raise ctx.auth_error
+    if ctx.connection_params is not None:
+        ctx.principal = await ctx.services.identity.principal_from_header(
+            ctx.connection_params.get("authorization")
+        )
+
+
+async def check_rate_limits(ctx: Any) -> None:
+    """Count one operation against the per-IP and per-user limits; ``RateLimited`` if over.
+
+    Both are checked and counted together (one Redis round trip); a refused operation is
+    counted against neither.
+    """
+    services = ctx.services
+    settings = services.settings
+    checks = [("ip", ctx.ip, settings.rate_limit_ip_per_minute)]
+    if ctx.principal is not None:
+        checks.append(("user", ctx.principal.user_id, settings.rate_limit_user_per_minute))
+    denied = await services.rate_limiter.hit_all(
+        [(f"op:{scope}:{key}", limit, 60.0) for scope, key, limit in checks]
+    )
+    if denied is not None:
+        index, decision = denied
+        scope = checks[index][0]
+        services.metrics.rate_limited.labels(scope).inc()
+        raise RateLimited(
+            f"too many requests for this {scope}; retry in {max(1, int(decision.retry_after))} s"
+        )
 
 
 class RateLimit(SchemaExtension):
@@ -86,19 +125,7 @@ class RateLimit(SchemaExtension):
     async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
         if ctx is not None:
-            services = ctx.services
-            settings = services.settings
-            checks = [("ip", ctx.ip, settings.rate_limit_ip_per_minute)]
-            if ctx.principal is not None:
-                checks.append(("user", ctx.principal.user_id, settings.rate_limit_user_per_minute))
-            for scope, key, limit in checks:
-                decision = await services.rate_limiter.hit(f"op:{scope}:{key}", limit, 60)
-                if not decision.allowed:
-                    services.metrics.rate_limited.labels(scope).inc()
-                    raise RateLimited(
-                        f"too many requests for this {scope}; retry in "
-                        f"{max(1, int(decision.retry_after))} s"
-                    )
+            await check_rate_limits(ctx)
         yield
 
 
@@ -232,18 +259,29 @@ class Metrics(SchemaExtension):
         try:
             yield
         finally:
-            ctx = self.execution_context.context
-            if ctx is not None:
-                metrics = ctx.services.metrics
-                name = self.execution_context.operation_name or "anonymous"
+            ec = self.execution_context
+            if ec.context is not None:
                 try:
-                    kind = self.execution_context.operation_type.value
+                    kind = ec.operation_type.value
                 except Exception:
                     kind = "invalid"
-                metrics.graphql_requests.labels(name, kind).inc()
-                if kind != "subscription":
-                    metrics.graphql_latency.labels(name).observe(time.perf_counter() - started)
-                result = self.execution_context.result
-                for error in getattr(result, "errors", None) or ():
-                    code = (getattr(error, "extensions", None) or {}).get("code", "INTERNAL")
-                    metrics.graphql_errors.labels(name, str(code)).inc()
+                record_operation(
+                    ec.context.services.metrics,
+                    ec.operation_name,
+                    kind,
+                    time.perf_counter() - started,
+                    getattr(ec.result, "errors", None),
+                )
+
+
+def record_operation(
+    metrics: Any, name: str | None, kind: str, seconds: float, errors: Any
+) -> None:
+    """Count one finished operation: requests, latency (not subscriptions), error codes."""
+    name = name or "anonymous"
+    metrics.graphql_requests.labels(name, kind).inc()
+    if kind != "subscription":
+        metrics.graphql_latency.labels(name).observe(seconds)
+    for error in errors or ():
+        code = (getattr(error, "extensions", None) or {}).get("code", "INTERNAL")
+        metrics.graphql_errors.labels(name, str(code)).inc()

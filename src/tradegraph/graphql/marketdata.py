@@ -29,7 +29,6 @@ from graphql import (
     FieldNode,
     GraphQLError,
     OperationType,
-    get_operation_ast,
 )
 from graphql.execution.values import get_argument_values, get_variable_values
 from starlette.websockets import WebSocket
@@ -37,6 +36,7 @@ from strawberry.extensions import SchemaExtension
 
 from tradegraph.errors import DomainError
 from tradegraph.graphql.context import Info
+from tradegraph.graphql.documents import sole_root_field
 from tradegraph.graphql.extensions import operation_loaders
 from tradegraph.graphql.streams import track
 from tradegraph.marketdata.candles import Bar, BarArrays, Resolution
@@ -461,14 +461,11 @@ def plan_candles(
     schema: Any, document: Any, operation_name: str | None, variables: Any
 ) -> _Plan | None:
     """A :class:`_Plan` when the operation is exactly one plain ``candles`` query field."""
-    op = get_operation_ast(document, operation_name)
-    if op is None or op.operation is not OperationType.QUERY or op.directives:
+    found = sole_root_field(document, operation_name, OperationType.QUERY)
+    if found is None:
         return None
-    selections = op.selection_set.selections
-    if len(selections) != 1 or not isinstance(selections[0], FieldNode):
-        return None
-    node = selections[0]
-    if node.name.value != "candles" or node.directives or node.selection_set is None:
+    op, node = found
+    if node.name.value != "candles" or node.selection_set is None:
         return None
     keys: list[tuple[str, str]] = []
     for sel in node.selection_set.selections:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.types.scalar import ScalarDefinition
 
 
@@ -17,15 +18,19 @@ def serialize_decimal(value: Decimal) -> str:
 
 
 def parse_decimal(value: object) -> Decimal:
-    """Strings and integers only: a float has already lost the exact value typed."""
+    """Strings and integers only: a float has already lost the exact value typed.
+
+    Raises ``GraphQLError`` (not ``ValueError``) so graphql-core reports the client's
+    mistake as such, with the variable's path, instead of an unexpected server error.
+    """
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError('Decimal values are sent as strings, e.g. "0.01"')
+        raise GraphQLError('Decimal values are sent as strings, e.g. "0.01".')
     try:
         result = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"not a decimal number: {value!r}") from None
+        raise GraphQLError(f"Not a decimal number: {str(value)[:40]!r}.") from None
     if not result.is_finite():
-        raise ValueError("Decimal values must be finite")
+        raise GraphQLError("Decimal values must be finite.")
     return result
 
 

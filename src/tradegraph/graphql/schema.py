@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
@@ -24,12 +25,19 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.graphql import OperationType
 
 from tradegraph.config import Settings
 from tradegraph.errors import DomainError
 from tradegraph.graphql.admin import AdminMutation, AdminRootQuery
 from tradegraph.graphql.brokers import BrokerMutation, BrokerQuery
+from tradegraph.graphql.compiled import (
+    CompiledOperations,
+    LearnCompiledOperations,
+    pending_key,
+)
 from tradegraph.graphql.errors import error_extensions
 from tradegraph.graphql.exchange import (
     ExchangeAdminMutation,
@@ -39,6 +47,7 @@ from tradegraph.graphql.exchange import (
 )
 from tradegraph.graphql.extensions import CostLimit, Metrics, OperationScope, RateLimit
 from tradegraph.graphql.identity import IdentityMutation, IdentityQuery
+from tradegraph.graphql.inputs import install_flat_input_builders
 from tradegraph.graphql.marketdata import (
     CandlesFastPath,
     MarketDataQuery,
@@ -91,8 +100,52 @@ def _node_query() -> type:
     return NodeQuery
 
 
+MUTATION = OperationType.MUTATION
+
+
 class TradeGraphSchema(strawberry.Schema):
-    """Strawberry schema whose errors carry codes and never leak internals."""
+    """Strawberry schema whose errors carry codes and never leak internals, and which runs
+    compiled trading mutations directly (see ``graphql/compiled.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.compiled = CompiledOperations()
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        if (
+            query is not None
+            and root_value is None
+            and (
+                allowed_operation_types is None or OperationType.MUTATION in allowed_operation_types
+            )
+        ):
+            plan = self.compiled.get(query, operation_name)
+            if plan is not None:
+                result = await plan.run(self, context_value, variable_values)
+                if result is not None:
+                    return result
+        token = pending_key.set((query, operation_name) if query is not None else None)
+        try:
+            return await super().execute(
+                query,
+                variable_values,
+                context_value,
+                root_value,
+                operation_name,
+                allowed_operation_types,
+                operation_extensions,
+            )
+        finally:
+            pending_key.reset(token)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -154,7 +207,9 @@ def build_schema(settings: Settings) -> TradeGraphSchema:
         lambda: CostLimit(max_cost=settings.max_query_cost, max_page_size=settings.max_page_size),
         CandlesFastPath,  # after every limit: it only replaces execution
     ]
-    return TradeGraphSchema(
+    if settings.compile_operations:
+        extensions.append(LearnCompiledOperations)  # after every limit: compiles what passed
+    schema = TradeGraphSchema(
         query=_root("Query", (_node_query(), *QUERIES), "Read the platform's state."),
         mutation=_root(
             "Mutation", MUTATIONS, "Change state; failures come back as payload errors."
@@ -167,6 +222,17 @@ def build_schema(settings: Settings) -> TradeGraphSchema:
             disable_field_suggestions=settings.is_production, scalar_map=SCALAR_MAP
         ),
     )
+    converter = schema.schema_converter
+    install_flat_input_builders(
+        (
+            concrete.definition.origin
+            for concrete in converter.type_map.values()
+            if isinstance(concrete.definition, StrawberryObjectDefinition)
+        ),
+        converter.scalar_registry,
+        schema.config.name_converter.from_field,
+    )
+    return schema
 
 
 def export_schema(settings: Settings | None = None) -> str:

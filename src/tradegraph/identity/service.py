@@ -30,7 +30,9 @@ from tradegraph.identity.models import (
     UserStatus,
 )
 from tradegraph.identity.principal import ALL_SCOPES, Principal
+from tradegraph.identity.principal_cache import USER_CHANGES_TOPIC, PrincipalCache
 from tradegraph.notifications.service import NotificationService
+from tradegraph.pubsub import PubSub, PubSubUnavailable
 from tradegraph.security import totp
 from tradegraph.security.passwords import PasswordHasher, check_password_policy
 from tradegraph.security.ratelimit import RateLimiter
@@ -92,8 +94,11 @@ class IdentityService:
         rate_limiter: RateLimiter,
         audit: AuditLog,
         notifications: NotificationService,
+        pubsub: PubSub | None = None,
     ) -> None:
         self.db = db
+        self.pubsub = pubsub
+        self.principals = PrincipalCache(settings.auth_cache_seconds)
         self.settings = settings
         self.hasher = hasher
         self.keyring = keyring
@@ -338,8 +343,10 @@ class IdentityService:
     async def principal_from_header(self, value: object) -> Principal | None:
         """``Bearer <access token | API token>`` -> principal; None when absent.
 
-        The user row is read on every call so a suspension or role change takes effect on
-        the very next request, whatever tokens the user still holds.
+        The answer is remembered for ``auth_cache_seconds`` (see ``principal_cache``):
+        changes made through ``user_changed`` (suspension, role, access level) take
+        effect on the very next request in this process and within milliseconds in the
+        others; nothing is ever trusted longer than the cache's TTL.
         """
         if value is None or value == "":
             return None
@@ -349,15 +356,20 @@ class IdentityService:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("use 'Authorization: Bearer <token>'")
         token = token.strip()
+        cached = self.principals.get(token)
+        if cached is not None:
+            return cached
         if token.startswith(API_TOKEN_PREFIX):
-            return await self._principal_from_api_token(token)
+            principal = await self._principal_from_api_token(token)
+            self.principals.put(token, principal)
+            return principal
         claims = decode_access_token(
             token,
             secret=self._jwt_secret,
             issuer=self.settings.jwt_issuer,
             audience=self.settings.jwt_audience,
         )
-        # One autocommit round trip: this runs on every authenticated request.
+        # One autocommit round trip, on a cache miss only.
         async with self.db.reader.connect() as conn:
             row = (
                 await conn.execute(
@@ -370,13 +382,31 @@ class IdentityService:
             raise Unauthenticated("this session is no longer valid; sign in again")
         if row.status is not UserStatus.ACTIVE:
             raise Unauthenticated("this account is suspended", code="ACCOUNT_SUSPENDED")
-        return Principal(
+        principal = Principal(
             user_id=claims.subject,
             role=row.role,
             status=row.status,
             access_level=row.access_level,
             via="session",
         )
+        self.principals.put(
+            token, principal, valid_for=(claims.expires_at - utcnow()).total_seconds()
+        )
+        return principal
+
+    async def user_changed(self, user_id: str) -> None:
+        """Forget cached principals of ``user_id`` here and, through pub/sub, everywhere.
+
+        Call after committing any change to a user's role, status, access level, token
+        version or API tokens.
+        """
+        self.principals.forget_user(user_id)
+        # Not connected (a CLI command): other processes' entries expire within the TTL.
+        if self.pubsub is not None and self.pubsub.connected:
+            try:
+                await self.pubsub.publish(USER_CHANGES_TOPIC, {"userId": user_id})
+            except PubSubUnavailable:
+                log.warning("could not publish a change of user %s; it expires", user_id)
 
     async def _principal_from_api_token(self, token: str) -> Principal:
         now = utcnow()
@@ -636,6 +666,7 @@ class IdentityService:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 await session.commit()
+        await self.user_changed(principal.user_id)
         await self.audit.record(
             "api_token.revoke",
             actor_id=principal.user_id,
@@ -658,6 +689,7 @@ class IdentityService:
             for key, value in changes.items():
                 setattr(user, key, value)
             await session.commit()
+        await self.user_changed(user_id)
         await self.audit.record(
             action,
             actor_id=admin.user_id,
@@ -724,6 +756,7 @@ class IdentityService:
             if user is not None:
                 user.role = Role.ADMIN
                 await session.commit()
+                await self.user_changed(user.id)
                 created = False
             else:
                 check_password_policy(password, user_inputs=(address, display_name))

@@ -17,7 +17,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,17 @@ class RateLimiter(ABC):
     @abstractmethod
     async def peek(self, key: str, limit: int, window_seconds: float) -> Decision:
         """Would a hit be allowed now? Counts nothing."""
+
+    @abstractmethod
+    async def hit_all(
+        self, checks: Sequence[tuple[str, int, float]]
+    ) -> tuple[int, Decision] | None:
+        """One hit on every ``(key, limit, window_seconds)``, all or none, atomically.
+
+        Returns None when all allowed (and counted), else the first denial and its index
+        in ``checks`` (nothing counted). One round trip on Redis, where ``hit`` per key
+        would take one each.
+        """
 
     @abstractmethod
     async def reset(self, key: str) -> None:
@@ -151,6 +162,18 @@ class MemoryRateLimiter(RateLimiter):
     async def peek(self, key: str, limit: int, window_seconds: float) -> Decision:
         return self._apply(key, limit, window_seconds, record=False)
 
+    async def hit_all(
+        self, checks: Sequence[tuple[str, int, float]]
+    ) -> tuple[int, Decision] | None:
+        # No awaits: checking all and then recording all is atomic under asyncio.
+        for index, (key, limit, window) in enumerate(checks):
+            decision = self._apply(key, limit, window, record=False)
+            if not decision.allowed:
+                return index, decision
+        for key, limit, window in checks:
+            self._apply(key, limit, window, record=True)
+        return None
+
     async def reset(self, key: str) -> None:
         self._entries.pop(key, None)
 
@@ -182,6 +205,32 @@ return {0, 0, retry}
 """
 
 
+# KEYS = sorted sets; ARGV = unique member, then limit and window_us per key.
+# Checks every key first and records only if all allow: {1} or {0, retry_us, index}.
+_SLIDING_WINDOW_ALL_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    local retry = tonumber(oldest[2]) + window - now
+    if retry < 0 then retry = 0 end
+    return {0, retry, i}
+  end
+end
+for i, key in ipairs(KEYS) do
+  local window = tonumber(ARGV[2 * i + 1])
+  redis.call('ZADD', key, now, ARGV[1])
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+end
+return {1}
+"""
+
+
 class RedisRateLimiter(RateLimiter):
     """Limiter shared by all API workers: one atomic Lua script per call.
 
@@ -193,6 +242,7 @@ class RedisRateLimiter(RateLimiter):
         self._client = client
         self._prefix = prefix
         self._script = client.register_script(_SLIDING_WINDOW_LUA)
+        self._script_all = client.register_script(_SLIDING_WINDOW_ALL_LUA)
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -216,6 +266,23 @@ class RedisRateLimiter(RateLimiter):
 
     async def peek(self, key: str, limit: int, window_seconds: float) -> Decision:
         return await self._run(key, limit, window_seconds, False)
+
+    async def hit_all(
+        self, checks: Sequence[tuple[str, int, float]]
+    ) -> tuple[int, Decision] | None:
+        if not checks:
+            return None
+        args: list[Any] = [uuid.uuid4().hex]
+        for key, limit, window in checks:
+            _validate(key, limit, window)
+            args += [limit, max(1, round(window * 1_000_000))]
+        result: Any = await self._script_all(
+            keys=[self._key(key) for key, _, _ in checks], args=args
+        )
+        if int(result[0]) == 1:
+            return None
+        retry = int(result[1]) / 1_000_000
+        return int(result[2]) - 1, Decision(allowed=False, remaining=0, retry_after=retry)
 
     async def reset(self, key: str) -> None:
         await self._client.delete(self._key(key))
