@@ -240,6 +240,9 @@ class _Topic:
 class _Transport(Protocol):
     """What :class:`PubSub` needs from a backend."""
 
+    #: Only this process can receive what is published (the in-process backend).
+    local_only: bool
+
     @property
     def connected(self) -> bool: ...
 
@@ -268,6 +271,8 @@ class _MemoryTransport:
     never waits on subscribers, so it holds at most what publishers produced since they
     last yielded to the event loop.
     """
+
+    local_only = True
 
     def __init__(self, url: str, on_message: _OnMessage) -> None:
         self._backend = MemoryBackend(url)
@@ -331,6 +336,8 @@ class _RedisTransport:
     UNSUBSCRIBE to it, and only while it is up, so redis-py never reconnects it behind
     the listener's back. Each reconnect builds a fresh connection object.
     """
+
+    local_only = False
 
     def __init__(
         self,
@@ -700,9 +707,21 @@ class PubSub:
         with separate publishes. Every message is encoded before any is sent, so a bad
         one sends none; a transport failure raises :class:`PubSubUnavailable` (some may
         have been delivered).
+
+        On the in-process transport a message for a topic nobody in this process
+        subscribes to is dropped before it is encoded (nobody could receive it, and the
+        engine publishes several events per order whether or not anyone listens), so
+        only its type is checked.
         """
+        if not messages:
+            return
         by_channel: dict[str, list[str]] = {}
+        listened = self._topics if self._transport.local_only else None
         for topic, message in messages:
+            if listened is not None and self.channel(topic) not in listened:
+                if not isinstance(message, Mapping):
+                    raise TypeError(f"message must be a mapping, not {type(message).__name__}")
+                continue
             channel, payload = self._encode(topic, message)
             texts = by_channel.get(channel)
             if texts is None:
@@ -710,6 +729,8 @@ class PubSub:
             else:
                 texts.append(payload)
         if not by_channel:
+            self._check_open()
+            self.stats.published += len(messages)
             return
         items = [
             (channel, texts[0] if len(texts) == 1 else f"[{','.join(texts)}]")

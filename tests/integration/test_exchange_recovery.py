@@ -212,3 +212,38 @@ async def test_failed_commit_answers_error_and_rebuilds(services, monkeypatch):
     )
     assert ok["order"]["status"] == "NEW"
     await _check_ledger(services)
+
+
+async def test_a_malformed_order_in_a_command_fails_alone(services):
+    """Commands from the bus are not trusted: a bad enum is that order's error, and the
+    rest of the batch commits (it used to raise ValueError and fail the whole batch)."""
+    [(alice, account)] = await _traders(services, 1)
+    good = await services.exchange.to_engine_order(
+        OrderInput(
+            account_id=account,
+            symbol="BTC-USD",
+            side="BUY",
+            type="LIMIT",
+            quantity=Decimal("0.5"),
+            price=Decimal("40000"),
+        )
+    )
+    bad = [
+        {**good, "side": "SIDEWAYS"},
+        {**good, "type": 7},
+        {**good, "time_in_force": "FOREVER"},
+        {**good, "stp": None},
+    ]
+    reply = await services.exchange.bus.request(
+        "place_many", {"user_id": alice.user_id, "orders": [*bad, good]}
+    )
+    *rejected, accepted = reply["results"]
+    assert [(r["error"]["code"], r["error"]["field"]) for r in rejected] == [
+        ("INVALID_INPUT", "side"),
+        ("INVALID_INPUT", "type"),
+        ("INVALID_INPUT", "timeInForce"),
+        ("INVALID_INPUT", "selfTradePrevention"),
+    ]
+    assert accepted["order"]["status"] == "NEW"
+    async with services.db.session() as s:
+        assert (await s.scalar(select(func.count()).select_from(m.Order))) == 1

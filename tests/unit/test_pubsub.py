@@ -291,6 +291,29 @@ async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
     assert ps.stats.decode_errors == 0
 
 
+async def test_in_process_publish_many_skips_topics_nobody_here_listens_to(ps: PubSub) -> None:
+    sent: list[tuple[str, str]] = []
+    transport = ps._transport
+    forward = transport.publish_many
+
+    async def spy(items: list[tuple[str, str]]) -> None:
+        sent.extend(items)
+        await forward(items)
+
+    transport.publish_many = spy  # type: ignore[method-assign]
+    await ps.publish_many([("nobody", {"n": 1}), ("nobody", {"x": float("nan")})])
+    assert sent == [] and ps.stats.published == 2  # dropped unencoded, counted
+    with pytest.raises(TypeError):
+        await ps.publish_many([("nobody", ["not", "a", "mapping"])])  # type: ignore[list-item]
+    async with ps.subscribe("a") as a:
+        await ps.publish_many([("nobody", {"n": 2}), ("a", {"n": 3})])
+        assert [channel for channel, _ in sent] == [ps.channel("a")]
+        assert (await next_msg(a))["n"] == 3
+    await ps.disconnect()
+    with pytest.raises(PubSubUnavailable):
+        await ps.publish_many([("nobody", {"n": 4})])
+
+
 async def test_a_payload_that_is_not_objects_is_dropped_and_counted(ps: PubSub) -> None:
     async with ps.subscribe("a") as a:
         for bad in ("[1, 2]", "[]", '[{"n": 1}, "x"]', "42", "not json"):

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tradegraph.bus import EngineBus, Incoming
 from tradegraph.db import new_id, utcnow
@@ -59,6 +59,26 @@ class AccountInfo:
 # Results written to ``engine_commands`` (the same text ``json.dumps(result, default=str)``
 # gives), built once: ``json.dumps`` with options makes a new encoder on every call.
 _LOG_ENCODER = json.JSONEncoder(default=str)
+
+
+E = TypeVar("E")
+
+_SIDES = {e.value: e for e in Side}
+_ORDER_TYPES = {e.value: e for e in OrderType}
+_TIMES_IN_FORCE = {e.value: e for e in TimeInForce}
+_STP_MODES = {e.value: e for e in STPMode}
+
+
+def _member(members: dict[str, E], value: Any, field: str) -> E:
+    """The enum member named by a command's text, or INVALID_INPUT.
+
+    A dict lookup, not ``Enum(value)``: this runs four times per order, and a bad value
+    in a command from the bus must be that order's error, not a failed batch.
+    """
+    member = members.get(value) if isinstance(value, str) else None
+    if member is None:
+        raise DomainError(f"invalid {field} {value!r}", code="INVALID_INPUT", field=field)
+    return member
 
 
 def params_hash(payload: dict[str, Any]) -> str:
@@ -375,16 +395,16 @@ class Sequencer:
         return OrderRequest(
             account_id=int(p["account_id"]),
             symbol=p["symbol"],
-            side=Side(p["side"]),
-            type=OrderType(p["type"]),
+            side=_member(_SIDES, p["side"], "side"),
+            type=_member(_ORDER_TYPES, p["type"], "type"),
             quantity=p.get("quantity"),
             price=p.get("price"),
             stop_price=p.get("stop_price"),
             quote_quantity=p.get("quote_quantity"),
-            time_in_force=TimeInForce(p.get("time_in_force", "GTC")),
+            time_in_force=_member(_TIMES_IN_FORCE, p.get("time_in_force", "GTC"), "timeInForce"),
             post_only=bool(p.get("post_only", False)),
             client_order_id=p.get("client_order_id"),
-            stp=STPMode(p.get("stp", "EXPIRE_TAKER")),
+            stp=_member(_STP_MODES, p.get("stp", "EXPIRE_TAKER"), "selfTradePrevention"),
         )
 
     def _place_one(self, p: dict[str, Any], user_id: str | None, limited: bool) -> dict[str, Any]:
