@@ -247,3 +247,89 @@ async def test_a_malformed_order_in_a_command_fails_alone(services):
     assert accepted["order"]["status"] == "NEW"
     async with services.db.session() as s:
         assert (await s.scalar(select(func.count()).select_from(m.Order))) == 1
+
+
+def _sell(account: int, price: str = "50000") -> OrderInput:
+    return OrderInput(
+        account_id=account,
+        symbol="BTC-USD",
+        side="SELL",
+        type="LIMIT",
+        quantity=Decimal("1"),
+        price=Decimal(price),
+    )
+
+
+async def test_next_batch_is_applied_while_a_commit_is_in_flight(services, monkeypatch):
+    """Pipelining: batch 2 is applied during batch 1's commit; commits stay in order."""
+    (alice, a_acct), (bob, b_acct) = await _traders(services, 2)
+    sequencer = services.exchange_runtime.sequencer
+    store = sequencer.store
+    real_commit = store.commit
+    gate = asyncio.Event()
+    log: list[str] = []
+
+    async def gated(batch):
+        log.append(f"start {len(batch.orders)}")
+        if len(log) == 1:
+            await gate.wait()
+        await real_commit(batch)
+        log.append("end")
+
+    monkeypatch.setattr(store, "commit", gated)
+    first = asyncio.create_task(services.exchange.place_order(alice, _sell(a_acct, "50010")))
+    while not log:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(services.exchange.place_order(bob, _sell(b_acct, "50020")))
+    for _ in range(200):  # the second order reaches the book before the first commit ends
+        if len(sequencer.engine.depth("BTC-USD", 10).asks) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(sequencer.engine.depth("BTC-USD", 10).asks) == 2
+    assert log == ["start 1"] and not first.done() and not second.done()
+    gate.set()
+    placed = [await first, await second]
+    assert [p["order"]["status"] for p in placed] == ["NEW", "NEW"]
+    assert log == ["start 1", "end", "start 1", "end"]  # the second commit waited
+
+
+async def test_a_failed_commit_fails_the_batch_applied_on_top_of_it(services, monkeypatch):
+    (alice, a_acct), (bob, b_acct) = await _traders(services, 2)
+    sequencer = services.exchange_runtime.sequencer
+    store = sequencer.store
+    real_commit = store.commit
+    gate = asyncio.Event()
+    calls = {"n": 0}
+
+    async def fails_once(batch):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            await gate.wait()
+            raise ConnectionError("database went away")
+        await real_commit(batch)
+
+    monkeypatch.setattr(store, "commit", fails_once)
+    first = asyncio.create_task(services.exchange.place_order(alice, _sell(a_acct, "50010")))
+    while calls["n"] == 0:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(services.exchange.place_order(bob, _sell(b_acct, "50020")))
+    for _ in range(200):
+        if len(sequencer.engine.depth("BTC-USD", 10).asks) == 2:
+            break
+        await asyncio.sleep(0.01)
+    gate.set()
+    for task in (first, second):
+        with pytest.raises(DomainError) as failed:
+            await task
+        assert failed.value.code == "ENGINE_UNAVAILABLE"
+    assert calls["n"] == 1  # the second batch was never written
+    for _ in range(100):
+        if sequencer.ready.is_set() and not sequencer.engine.depth("BTC-USD", 10).asks:
+            break
+        await asyncio.sleep(0.05)
+    assert (await services.exchange.order_book("BTC-USD", 10))["asks"] == []
+    async with services.db.session() as s:
+        assert (await s.scalar(select(func.count()).select_from(m.Order))) == 0
+    ok = await services.exchange.place_order(bob, _sell(b_acct))
+    assert ok["order"]["status"] == "NEW"
+    await _check_ledger(services)

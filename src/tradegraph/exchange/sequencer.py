@@ -44,6 +44,7 @@ log = logging.getLogger("tradegraph.sequencer")
 
 FEE_ACCOUNT_ID = 1
 MAX_BATCH = 512
+_INITIAL_BACKOFF = 0.05
 
 
 Publish = Callable[[list[tuple[str, dict[str, Any]]]], None]
@@ -143,6 +144,17 @@ def error_result(error: DomainError) -> dict[str, Any]:
     return {"error": {"code": error.code, "message": error.message, "field": error.field}}
 
 
+@dataclass
+class PreparedBatch:
+    """A batch applied in memory: what to write, whom to answer, what to publish."""
+
+    batch: list[Any]
+    replies: list[tuple[Any, dict[str, Any]]]
+    write: BatchWrite
+    events: list[tuple[str, dict[str, Any]]]
+    started: float
+
+
 class Sequencer:
     """Owns one ``Engine``; applies bus commands in order; persists, answers, publishes."""
 
@@ -181,6 +193,7 @@ class Sequencer:
         self._batch = BatchWrite()
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._ts = ""
+        self._backoff = _INITIAL_BACKOFF
 
     # --------------------------------------------------------------------- rebuild
 
@@ -267,68 +280,139 @@ class Sequencer:
     # ------------------------------------------------------------------------ loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set; rebuild after any failed commit."""
+        """Process batches until ``stop`` is set; rebuild after any failed commit.
+
+        Pipelined: while one batch's commit is in flight, the next batch is taken and
+        applied in memory (on top of the first). Its commit starts only after the first
+        one committed, so commits, answers and events keep the batch order. When a
+        commit fails, the batch applied on top of it fails too (nothing of it was
+        written or answered) and the state is rebuilt from the database.
+        """
         await self.rebuild()
-        backoff = 0.05
-        while not stop.is_set():
-            take = asyncio.ensure_future(self.bus.take(self.max_batch, self.batch_wait))
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({take, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if take not in done:
-                take.cancel()
-                break
-            batch = take.result()
-            if not batch:
-                continue
-            try:
-                await self.process(batch)
-                backoff = 0.05
-            except Exception:
-                log.exception("batch of %d commands failed; rebuilding", len(batch))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        committing: asyncio.Task[bool] | None = None
+        try:
+            while not stop.is_set():
+                batch = await self._take(stop)
+                if batch is None:
+                    break
+                if not batch:
+                    continue
+                if committing is not None and (
+                    committing.done() or any(getattr(i, "redelivered", False) for i in batch)
+                ):
+                    # A redelivered command looks up committed results: settle first.
+                    ok, committing = await committing, None
+                    if not ok:
+                        await self._recover()
                 try:
-                    await self.rebuild()
+                    prepared = await self.prepare(batch)
                 except Exception:
-                    log.exception("rebuild failed; will retry on the next batch")
+                    log.exception("applying a batch of %d commands failed", len(batch))
+                    await self._fail(batch)
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    await self._recover()
+                    continue
+                if committing is not None:
+                    ok, committing = await committing, None
+                    if not ok:  # applied on top of a batch that is not in the database
+                        await self._fail(batch)
+                        await self._recover()
+                        continue
+                committing = asyncio.create_task(self.commit(prepared), name="sequencer-commit")
+        finally:
+            if committing is not None:  # answer what was applied before stopping
+                await asyncio.shield(committing)
+
+    async def _take(self, stop: asyncio.Event) -> list[Any] | None:
+        """The next batch from the bus, or None once ``stop`` is set."""
+        take = asyncio.ensure_future(self.bus.take(self.max_batch, self.batch_wait))
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({take, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if take not in done:
+            take.cancel()
+            return None
+        return take.result()
+
+    async def _fail(self, batch: list[Any]) -> None:
+        """Answer every command of a batch that will never be written: try again."""
+        if self.metrics is not None:
+            self.metrics.engine_failures.inc()
+        failed = {"error": {"code": "ENGINE_UNAVAILABLE", "message": "try again", "field": None}}
+        try:
+            await self.bus.reply_many([(incoming, failed) for incoming in batch])
+        except Exception:  # the callers time out instead; Redis redelivers
+            log.exception("could not answer a failed batch of %d commands", len(batch))
+
+    async def _recover(self) -> None:
+        """Rebuild from the database after a failure, with a growing pause between tries."""
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, 2.0)
+        try:
+            await self.rebuild()
+        except Exception:
+            log.exception("rebuild failed; will retry on the next batch")
 
     async def process(self, batch: list[Any]) -> None:
-        """Apply, commit, answer, publish — in that order."""
+        """Apply, commit, answer, publish — in that order (one batch, not pipelined)."""
+        try:
+            prepared = await self.prepare(batch)
+        except Exception:
+            await self._fail(batch)
+            raise
+        if not await self.commit(prepared):
+            raise RuntimeError("the batch's commit failed")
+
+    async def prepare(self, batch: list[Any]) -> PreparedBatch:
+        """Apply a batch to the in-memory engine; collect its rows, answers and events."""
         started = time.perf_counter()
         self._batch = BatchWrite()
         self._events = []
         self._ts = utcnow().isoformat()
         replies: list[tuple[Any, dict[str, Any]]] = []
+        for incoming in batch:
+            if getattr(incoming, "redelivered", False):
+                # An earlier engine may have committed it before dying: answer, don't redo.
+                stored = await self.store.command_result(incoming.command_id)
+                if stored is not None:
+                    replies.append((incoming, stored))
+                    continue
+            replies.append((incoming, self.apply(incoming)))
+        # Book deltas and balance rows are coalesced over the batch by the engine.
+        self._absorb(self.engine.flush())
+        self._flush_counters()
+        return PreparedBatch(batch, replies, self._batch, self._events, started)
+
+    async def commit(self, prepared: PreparedBatch) -> bool:
+        """Write a prepared batch; then answer its callers and publish its events.
+
+        Returns False (callers told ENGINE_UNAVAILABLE) when the write failed: the
+        in-memory state is then ahead of the database and must be rebuilt.
+        """
         try:
-            for incoming in batch:
-                if getattr(incoming, "redelivered", False):
-                    # An earlier engine may have committed it before dying: answer, don't redo.
-                    stored = await self.store.command_result(incoming.command_id)
-                    if stored is not None:
-                        replies.append((incoming, stored))
-                        continue
-                replies.append((incoming, self.apply(incoming)))
-            # Book deltas and balance rows are coalesced over the batch by the engine.
-            self._absorb(self.engine.flush())
-            self._flush_counters()
-            await self.store.commit(self._batch)
+            await self.store.commit(prepared.write)
         except Exception:
-            if self.metrics is not None:
-                self.metrics.engine_failures.inc()
-            failed = {
-                "error": {"code": "ENGINE_UNAVAILABLE", "message": "try again", "field": None}
-            }
-            await self.bus.reply_many([(inc, failed) for inc in batch])
-            raise
+            log.exception("commit of a batch of %d commands failed", len(prepared.batch))
+            await self._fail(prepared.batch)
+            return False
+        self._backoff = _INITIAL_BACKOFF
         self.batches += 1
-        self.commands += len(batch)
+        self.commands += len(prepared.batch)
         if self.metrics is not None:
-            self.metrics.engine_batch_size.observe(len(batch))
-            self.metrics.engine_commit_seconds.observe(time.perf_counter() - started)
-        await self.bus.reply_many(replies)
-        if self._events:
-            self.publish(self._events)
+            self.metrics.engine_batch_size.observe(len(prepared.batch))
+            self.metrics.engine_commit_seconds.observe(time.perf_counter() - prepared.started)
+        try:
+            await self.bus.reply_many(prepared.replies)
+        except Exception:  # written: a redelivered command is answered from the log
+            log.exception("could not answer a batch of %d commands", len(prepared.batch))
+        if prepared.events:
+            try:
+                self.publish(prepared.events)
+            except Exception:  # events are best effort; the write and answers stand
+                log.exception("could not publish a batch's events")
+        return True
 
     def _flush_counters(self) -> None:
         c = self.engine.counters()
