@@ -10,12 +10,15 @@ from collections import defaultdict
 from decimal import Decimal
 
 import pytest
+from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from tradegraph.errors import DomainError
 from tradegraph.exchange import models as m
 from tradegraph.exchange.models import AccountKind
 from tradegraph.exchange.service import OrderInput
+from tradegraph.exchange.store import BatchWrite
 from tradegraph.services import Services
 
 
@@ -333,3 +336,26 @@ async def test_a_failed_commit_fails_the_batch_applied_on_top_of_it(services, mo
     ok = await services.exchange.place_order(bob, _sell(b_acct))
     assert ok["order"]["status"] == "NEW"
     await _check_ledger(services)
+
+
+async def test_an_order_wrongly_taken_for_new_fails_the_whole_write(services):
+    """New orders are inserted (COPY on PostgreSQL), not upserted: a stored id marked new
+    is a bug, and it must fail the batch, never overwrite the stored row."""
+    [(alice, account)] = await _traders(services, 1)
+    placed = await services.exchange.place_order(alice, _sell(account))
+    sequencer = services.exchange_runtime.sequencer
+    [stored] = [o for o in sequencer.engine.open_orders() if o.order_id == placed["order"]["id"]]
+    write = BatchWrite()
+    write.orders[stored.order_id] = stored
+    write.new_orders.add(stored.order_id)
+    write.state["probe"] = 1
+    # SQLAlchemy's error on SQLite; asyncpg's own from the raw COPY on PostgreSQL.
+    with pytest.raises((IntegrityError, UniqueViolationError)):
+        await sequencer.store.commit(write)
+    async with services.db.session() as s:
+        assert (await s.scalar(select(func.count()).select_from(m.Order))) == 1
+        assert await s.get(m.EngineState, "probe") is None  # nothing of the batch kept
+    write.new_orders.clear()  # the same row as an update goes through
+    await sequencer.store.commit(write)
+    async with services.db.session() as s:
+        assert (await s.get(m.EngineState, "probe")).value == 1

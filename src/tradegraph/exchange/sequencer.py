@@ -503,6 +503,8 @@ class Sequencer:
             result, effects = self.engine.place(self._request(p))
         except DomainError as error:
             return error_result(error)
+        if not result.replayed:
+            self._batch.new_orders.add(result.order.order_id)
         self._absorb(effects)
         return self._place_result(result)
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, insert, select, update
@@ -35,6 +36,8 @@ class BatchWrite:
     """Everything one batch changes, collected while the commands run in memory."""
 
     orders: dict[int, OrderUpdate] = field(default_factory=dict)
+    # Orders created by this batch: inserted (COPY on PostgreSQL), never upserted.
+    new_orders: set[int] = field(default_factory=set)
     trades: list[Trade] = field(default_factory=list)
     postings: list[tuple[Posting, str | None]] = field(default_factory=list)
     balances: dict[tuple[int, str], BalanceUpdate] = field(default_factory=dict)
@@ -167,7 +170,8 @@ async def _begin(conn: AsyncConnection, adapter: Any) -> None:
 
 
 class _PgArrays:
-    """PostgreSQL: one statement per table per batch, rows sent as one array per column.
+    """PostgreSQL: one statement per table per batch, rows sent as one array per column,
+    or ``COPY`` (binary) for rows that are only ever inserted.
 
     ``INSERT ... SELECT * FROM unnest($1::BIGINT[], $2::VARCHAR(24)[], ...)`` (plus
     ``ON CONFLICT ... DO UPDATE`` for upserts) through the transaction's own asyncpg
@@ -181,6 +185,18 @@ class _PgArrays:
 
     def __init__(self) -> None:
         self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._checked: set[tuple[str, tuple[str, ...]]] = set()
+
+    def _check_columns(self, table: Table, columns: tuple[str, ...]) -> None:
+        if (table.name, columns) in self._checked:
+            return
+        for column in table.columns:
+            if column.name not in columns and column.autoincrement is not True:
+                raise ValueError(f"{table.name}.{column.name} missing from the rows")
+            enum_class = getattr(column.type, "enum_class", None)
+            if enum_class is not None and any(e.name != e.value for e in enum_class):
+                raise ValueError(f"{table.name}.{column.name}: enum names differ from values")
+        self._checked.add((table.name, columns))
 
     def _statement(
         self, table: Table, columns: tuple[str, ...], keys: Sequence[str], update: Sequence[str]
@@ -189,12 +205,7 @@ class _PgArrays:
         if sql is not None:
             return sql
         dialect = postgresql.dialect()
-        for column in table.columns:
-            if column.name not in columns and column.autoincrement is not True:
-                raise ValueError(f"{table.name}.{column.name} missing from the rows")
-            enum_class = getattr(column.type, "enum_class", None)
-            if enum_class is not None and any(e.name != e.value for e in enum_class):
-                raise ValueError(f"{table.name}.{column.name}: enum names differ from values")
+        self._check_columns(table, columns)
         casts = ", ".join(
             f"${i}::{table.columns[name].type.compile(dialect=dialect)}[]"
             for i, name in enumerate(columns, start=1)
@@ -222,11 +233,33 @@ class _PgArrays:
         columns = tuple(rows[0])
         sql = self._statement(table, columns, keys, update)
         arrays = [[row[c] for row in rows] for c in columns]
+        driver = await self._driver(conn)
+        await driver.execute(sql, *arrays)
+
+    async def copy(
+        self, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Insert with binary ``COPY``: about half the client CPU of the ``unnest`` insert
+        (asyncpg inspects every array element) and less server work too."""
+        if not rows:
+            return
+        columns = tuple(rows[0])
+        self._check_columns(table, columns)
+        values = itemgetter(*columns)
+        records = (
+            [values(row) for row in rows] if len(columns) > 1 else [(values(r),) for r in rows]
+        )
+        driver = await self._driver(conn)
+        await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
+
+    @staticmethod
+    async def _driver(conn: AsyncConnection) -> Any:
+        """The transaction's asyncpg connection, with the transaction begun."""
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         if not driver.is_in_transaction():
             await _begin(conn, raw.dbapi_connection)
-        await driver.execute(sql, *arrays)
+        return driver
 
 
 class ExchangeStore:
@@ -271,7 +304,7 @@ class ExchangeStore:
         if not rows:
             return
         if self._arrays is not None:
-            await self._arrays.write(conn, _table(model), rows)
+            await self._arrays.copy(conn, _table(model), rows)
         else:
             await conn.execute(insert(model), list(rows))
 
@@ -286,10 +319,18 @@ class ExchangeStore:
             if batch.accounts:
                 await conn.execute(insert(m.Account), batch.accounts)
             if batch.orders:
+                new = batch.new_orders
+                # An id wrongly taken for new fails the insert, and so the batch: never a
+                # silent overwrite.
+                await self._insert_rows(
+                    conn,
+                    m.Order,
+                    [order_row(u, now) for u in batch.orders.values() if u.order_id in new],
+                )
                 await self._upsert(
                     conn,
                     _table(m.Order),
-                    [order_row(u, now) for u in batch.orders.values()],
+                    [order_row(u, now) for u in batch.orders.values() if u.order_id not in new],
                     ["id"],
                     _ORDER_MUTABLE,
                 )
