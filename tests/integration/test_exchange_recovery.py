@@ -105,6 +105,12 @@ async def _check_ledger(services: Services) -> None:
         assert {a: int(v) for a, v in totals.items()} == dict(inflow)
         orders = list(await s.scalars(select(m.Order)))
         trades = list(await s.scalars(select(m.Trade)))
+        # orders and trades carry no foreign keys (the sequencer checks): nothing dangles
+        accounts = set(await s.scalars(select(m.Account.id)))
+        symbols = set(await s.scalars(select(m.Instrument.symbol)))
+    assert all(o.account_id in accounts and o.symbol in symbols for o in orders)
+    assert all(t.symbol in symbols for t in trades)
+    assert all({t.taker_account_id, t.maker_account_id} <= accounts for t in trades)
     filled = defaultdict(int)
     for t in trades:
         filled[t.taker_order_id] += t.qty
