@@ -169,8 +169,18 @@ class EngineBus(Protocol):
         """Answer one command."""
         ...
 
-    async def reply_many(self, replies: Iterable[tuple[Incoming, Mapping[str, Any]]]) -> None:
-        """Answer a batch at once (one round trip on Redis)."""
+    async def reply_many(
+        self,
+        replies: Iterable[tuple[Incoming, Mapping[str, Any]]],
+        *,
+        bodies: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer a batch at once (one round trip on Redis).
+
+        ``bodies`` may map a command id to its result already encoded with
+        :func:`tradegraph.wire.encode_object` (the sequencer encodes each result once
+        for its command log), so a transport that sends JSON does not encode it again.
+        """
         ...
 
 
@@ -466,8 +476,13 @@ class InProcessBus(_Requester):
     async def reply(self, incoming: Incoming, result: Mapping[str, Any]) -> None:
         await self.reply_many(((incoming, result),))
 
-    async def reply_many(self, replies: Iterable[tuple[Incoming, Mapping[str, Any]]]) -> None:
-        replies = list(replies)
+    async def reply_many(
+        self,
+        replies: Iterable[tuple[Incoming, Mapping[str, Any]]],
+        *,
+        bodies: Mapping[str, str] | None = None,
+    ) -> None:
+        replies = list(replies)  # results are handed over as they are: bodies unused
         for _, result in replies:  # all checked before any is delivered
             if not isinstance(result, Mapping):
                 raise TypeError(f"expected a mapping, not {type(result).__name__}")
@@ -1047,15 +1062,22 @@ class RedisStreamsBus(_Requester):
     async def reply(self, incoming: Incoming, result: Mapping[str, Any]) -> None:
         await self.reply_many(((incoming, result),))
 
-    async def reply_many(self, replies: Iterable[tuple[Incoming, Mapping[str, Any]]]) -> None:
+    async def reply_many(
+        self,
+        replies: Iterable[tuple[Incoming, Mapping[str, Any]]],
+        *,
+        bodies: Mapping[str, str] | None = None,
+    ) -> None:
         """Send every reply, refresh each reply stream's TTL, then ``XACK`` the entries,
         all in one pipelined round trip. Raises :class:`BusUnavailable` on failure."""
         self._check_engine_role()
+        known = bodies or {}
         encoded: list[tuple[Incoming, str]] = []
         for incoming, result in replies:
             if not incoming.receipt:
                 raise ValueError("this Incoming did not come from a RedisStreamsBus")
-            encoded.append((incoming, encode_object(result)))
+            body = known.get(incoming.command_id)
+            encoded.append((incoming, body if body is not None else encode_object(result)))
         if not encoded:
             return
         pipe = self._client.pipeline(transaction=False)

@@ -436,3 +436,30 @@ async def test_a_stalled_redis_fails_the_send_in_time_and_skips_abandoned_comman
         loop.cancel()
         await worker.close()
         await engine.close()
+
+
+async def test_reply_many_sends_a_body_encoded_in_advance(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    """The sequencer encodes each result once (for its command log) and hands the text
+    over: the bus sends that text instead of encoding the result again."""
+    engine = fast_bus(redis_url, prefix, "engine")
+    await engine.start()
+    worker = fast_bus(redis_url, prefix, "worker")
+    await worker.start()
+    try:
+        first = asyncio.create_task(worker.request("k", {}, command_id="pre"))
+        second = asyncio.create_task(worker.request("k", {}, command_id="plain"))
+        taken: list[Incoming] = []
+        while len(taken) < 2:
+            taken += await engine.take(max_items=2, max_wait=0.05)
+        results = {"pre": {"v": 1}, "plain": {"v": 3}}
+        # A body that differs from its result shows which of the two went out.
+        await engine.reply_many(
+            [(i, results[i.command_id]) for i in taken], bodies={"pre": '{"v":2}'}
+        )
+        assert await first == {"v": 2}
+        assert await second == {"v": 3}
+    finally:
+        await worker.close()
+        await engine.close()

@@ -39,6 +39,7 @@ from tradegraph.exchange.engine import (
 )
 from tradegraph.exchange.store import BatchWrite, ExchangeStore, order_from_row
 from tradegraph.metrics import Metrics
+from tradegraph.wire import encode_object
 
 log = logging.getLogger("tradegraph.sequencer")
 
@@ -152,6 +153,7 @@ class PreparedBatch:
     replies: list[tuple[Any, dict[str, Any]]]
     write: BatchWrite
     events: list[tuple[str, dict[str, Any]]]
+    bodies: dict[str, str]  # command id -> its result as wire JSON, where already encoded
     started: float
 
 
@@ -193,6 +195,7 @@ class Sequencer:
         self._batch = BatchWrite()
         self._events: list[tuple[str, dict[str, Any]]] = []
         self._ts = ""
+        self._bodies: dict[str, str] = {}
         self._backoff = _INITIAL_BACKOFF
 
     # --------------------------------------------------------------------- rebuild
@@ -370,6 +373,7 @@ class Sequencer:
         started = time.perf_counter()
         self._batch = BatchWrite()
         self._events = []
+        self._bodies = {}
         self._ts = utcnow().isoformat()
         replies: list[tuple[Any, dict[str, Any]]] = []
         for incoming in batch:
@@ -383,7 +387,7 @@ class Sequencer:
         # Book deltas and balance rows are coalesced over the batch by the engine.
         self._absorb(self.engine.flush())
         self._flush_counters()
-        return PreparedBatch(batch, replies, self._batch, self._events, started)
+        return PreparedBatch(batch, replies, self._batch, self._events, self._bodies, started)
 
     async def commit(self, prepared: PreparedBatch) -> bool:
         """Write a prepared batch; then answer its callers and publish its events.
@@ -404,7 +408,7 @@ class Sequencer:
             self.metrics.engine_batch_size.observe(len(prepared.batch))
             self.metrics.engine_commit_seconds.observe(time.perf_counter() - prepared.started)
         try:
-            await self.bus.reply_many(prepared.replies)
+            await self.bus.reply_many(prepared.replies, bodies=prepared.bodies)
         except Exception:  # written: a redelivered command is answered from the log
             log.exception("could not answer a batch of %d commands", len(prepared.batch))
         if prepared.events:
@@ -437,12 +441,13 @@ class Sequencer:
         except DomainError as error:
             result = error_result(error)
         if self.log_commands and incoming.kind not in ("book", "mark_price"):
+            try:
+                # The same text answers the caller over Redis: encoded once.
+                text = self._bodies[incoming.command_id] = encode_object(result)
+            except (TypeError, ValueError):  # not wire-clean: the bus will say so
+                text = _LOG_ENCODER.encode(result)
             self._batch.commands.append(
-                {
-                    "command_id": incoming.command_id,
-                    "kind": incoming.kind,
-                    "result": _LOG_ENCODER.encode(result),
-                }
+                {"command_id": incoming.command_id, "kind": incoming.kind, "result": text}
             )
         return result
 
