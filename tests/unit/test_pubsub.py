@@ -269,7 +269,8 @@ async def test_publish_many_keeps_order_and_sends_nothing_if_one_is_bad(ps: PubS
     assert ps.stats.published == 4
 
 
-async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
+def spy_on_transport(ps: PubSub) -> list[tuple[str, str]]:
+    """Record every (channel, payload) the transport's publish_many is given."""
     sent: list[tuple[str, str]] = []
     transport = ps._transport
     forward = transport.publish_many
@@ -279,6 +280,11 @@ async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
         await forward(items)
 
     transport.publish_many = spy  # type: ignore[method-assign]
+    return sent
+
+
+async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
+    sent = spy_on_transport(ps)
     async with ps.subscribe("a") as a, ps.subscribe("b") as b, ps.subscribe("a") as a2:
         events = [("a", {"n": n}) for n in range(300)] + [("b", {"n": -1}), ("a", {"n": 300})]
         await ps.publish_many(events)
@@ -292,15 +298,7 @@ async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
 
 
 async def test_in_process_publish_many_skips_topics_nobody_here_listens_to(ps: PubSub) -> None:
-    sent: list[tuple[str, str]] = []
-    transport = ps._transport
-    forward = transport.publish_many
-
-    async def spy(items: list[tuple[str, str]]) -> None:
-        sent.extend(items)
-        await forward(items)
-
-    transport.publish_many = spy  # type: ignore[method-assign]
+    sent = spy_on_transport(ps)
     await ps.publish_many([("nobody", {"n": 1}), ("nobody", {"x": float("nan")})])
     assert sent == [] and ps.stats.published == 2  # dropped unencoded, counted
     with pytest.raises(TypeError):
