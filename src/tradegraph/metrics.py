@@ -66,7 +66,8 @@ class Metrics:
         )
         self.engine_failures = Counter(
             "tradegraph_engine_failed_batches_total",
-            "Sequencer batches whose commit failed (each triggers a rebuild).",
+            "Sequencer batches answered ENGINE_UNAVAILABLE: a failed commit, or a batch "
+            "applied on top of one (each failure triggers a rebuild).",
             registry=self.registry,
         )
 

@@ -358,16 +358,6 @@ class Sequencer:
         except Exception:
             log.exception("rebuild failed; will retry on the next batch")
 
-    async def process(self, batch: list[Any]) -> None:
-        """Apply, commit, answer, publish — in that order (one batch, not pipelined)."""
-        try:
-            prepared = await self.prepare(batch)
-        except Exception:
-            await self._fail(batch)
-            raise
-        if not await self.commit(prepared):
-            raise RuntimeError("the batch's commit failed")
-
     async def prepare(self, batch: list[Any]) -> PreparedBatch:
         """Apply a batch to the in-memory engine; collect its rows, answers and events."""
         started = time.perf_counter()
