@@ -39,6 +39,7 @@ from tradegraph.middleware import (
     SecurityHeadersMiddleware,
 )
 from tradegraph.services import Services
+from tradegraph.wire import decode
 
 log = logging.getLogger("tradegraph")
 
@@ -108,6 +109,10 @@ class GraphQLApp(GraphQL[Context, None]):
     def encode_json(self, data: object) -> str:
         """Plain JSON, except that the candles fast path's pre-rendered text is spliced in."""
         return encode_response(data)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """orjson, as on the bus (a 100-order ``placeOrders`` body parses ~3x faster)."""
+        return decode(data)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 import os
 import random
 import socket
@@ -57,7 +57,7 @@ from redis.typing import EncodableT, FieldT
 
 from tradegraph.config import Settings
 from tradegraph.errors import Unavailable
-from tradegraph.wire import encode_object
+from tradegraph.wire import decode, encode_object
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -204,7 +204,7 @@ class BusStats:
 
 def _check_wire_format(value: Mapping[str, Any]) -> None:
     """Raise unless ``value`` arrives unchanged through JSON (as over Redis)."""
-    encode_object(value)  # refuses what JSON cannot carry at all (NaN, objects)
+    encode_object(value)  # refuses what JSON cannot carry at all (objects)
     if not _json_shaped(value):
         raise TypeError(
             "payload is not JSON-shaped (tuples, non-string keys, Decimal...): it would "
@@ -213,8 +213,13 @@ def _check_wire_format(value: Mapping[str, Any]) -> None:
 
 
 def _json_shaped(value: object) -> bool:
-    """Only dict (str keys), list, str, int, float, bool and None, all the way down."""
-    if value is None or isinstance(value, str | int | float):  # bool is an int
+    """Only dict (str keys), list, str, int, float, bool and None, all the way down;
+    ValueError for NaN and infinities (the wire writes them as null)."""
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return True
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} cannot travel as JSON")
         return True
     if type(value) is list:
         return all(_json_shaped(v) for v in value)
@@ -855,7 +860,7 @@ class RedisStreamsBus(_Requester):
             self.stats.late_replies += 1
             return
         try:
-            result = json.loads(body)
+            result = decode(body)
         except ValueError:
             result = None
         if not isinstance(result, dict):
@@ -1046,7 +1051,7 @@ class RedisStreamsBus(_Requester):
         if not data:
             return None
         try:
-            payload = json.loads(data["payload"])
+            payload = decode(data["payload"])
             command_id = data["command_id"]
             kind = data["kind"]
             reply_to = data.get("reply_to", "")

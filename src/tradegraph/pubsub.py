@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +51,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tradegraph.errors import Unavailable
-from tradegraph.wire import encode_object
+from tradegraph.wire import decode, encode_object
 
 __all__ = [
     "GAP",
@@ -832,7 +831,7 @@ class PubSub:
         if topic is None or not topic.subs:
             return
         try:
-            decoded = json.loads(payload)
+            decoded = decode(payload)
         except (ValueError, RecursionError):
             decoded = None
         # One message, or several of one topic sent together by ``publish_many``.

@@ -236,8 +236,6 @@ async def test_bad_messages_are_rejected_at_publish(ps: PubSub) -> None:
         await ps.publish("t", ["not", "a", "mapping"])
     with pytest.raises(TypeError):
         await ps.publish("t", {"x": object()})
-    with pytest.raises(ValueError):
-        await ps.publish("t", {"x": float("nan")})
     assert ps.stats.published == 0
 
 
@@ -261,8 +259,8 @@ async def test_publish_many_keeps_order_and_sends_nothing_if_one_is_bad(ps: PubS
         await ps.publish_many([("a", {"n": 1}), ("b", {"n": 2}), ("a", {"n": 3})])
         assert [(await next_msg(a))["n"] for _ in range(2)] == [1, 3]
         assert (await next_msg(b))["n"] == 2
-        with pytest.raises(ValueError):
-            await ps.publish_many([("a", {"n": 4}), ("a", {"x": float("nan")})])
+        with pytest.raises(TypeError):
+            await ps.publish_many([("a", {"n": 4}), ("a", {"x": object()})])
         await ps.publish_many([])
         await ps.publish("a", {"n": 5})
         assert (await next_msg(a))["n"] == 5  # 4 was never sent
@@ -299,7 +297,7 @@ async def test_publish_many_sends_one_payload_per_topic(ps: PubSub) -> None:
 
 async def test_in_process_publish_many_skips_topics_nobody_here_listens_to(ps: PubSub) -> None:
     sent = spy_on_transport(ps)
-    await ps.publish_many([("nobody", {"n": 1}), ("nobody", {"x": float("nan")})])
+    await ps.publish_many([("nobody", {"n": 1}), ("nobody", {"x": object()})])
     assert sent == [] and ps.stats.published == 2  # dropped unencoded, counted
     with pytest.raises(TypeError):
         await ps.publish_many([("nobody", ["not", "a", "mapping"])])  # type: ignore[list-item]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,6 +22,7 @@ from typing import Annotated, Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import strawberry
 from graphql import (
     ExecutionResult,
@@ -336,20 +336,15 @@ class RawJSON:
 
 
 def encode_response(data: object) -> str:
-    """``json.dumps(data, separators=(",", ":"))``, with :class:`RawJSON` spliced in."""
-    raws: list[str] = []
-    nonce = secrets.token_hex(12)
+    """The response as compact JSON text (orjson, see :mod:`tradegraph.wire`), with
+    :class:`RawJSON` spliced in as is."""
+    return orjson.dumps(data, default=_raw_fragment).decode()
 
-    def default(value: object) -> str:
-        if isinstance(value, RawJSON):
-            raws.append(value.text)
-            return f"{nonce}:{len(raws) - 1}"
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    text = json.dumps(data, separators=(",", ":"), default=default)
-    for i, raw in enumerate(raws):
-        text = text.replace(f'"{nonce}:{i}"', raw, 1)
-    return text
+def _raw_fragment(value: object) -> orjson.Fragment:
+    if isinstance(value, RawJSON):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 _HM: Final = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
