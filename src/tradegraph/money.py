@@ -13,7 +13,7 @@ all accounts is unchanged.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from tradegraph.errors import DomainError
 
@@ -39,6 +39,7 @@ MAX_UNITS = 2**63 - 1
 
 _MAX_DECIMALS = 36
 _MAX_DIGITS = 80
+_EXACT = Context(prec=2 * _MAX_DIGITS, Emax=4 * _MAX_DIGITS, Emin=-4 * _MAX_DIGITS)
 
 
 def _check_decimals(decimals: int) -> None:
@@ -87,7 +88,8 @@ def to_minor(
     if len(digits) > _MAX_DIGITS or not -_MAX_DIGITS <= exponent <= _MAX_DIGITS:
         raise DomainError("value is out of range", code=code, field=field)
     shift = exponent + decimals
-    magnitude = int("".join(map(str, digits)))
+    # The digits as an integer: exact, as the context holds more digits than allowed.
+    magnitude = abs(int(dec.scaleb(-exponent, _EXACT)))
     scale: int = 10 ** abs(shift)  # int ** non-negative int is an int (mypy can't tell)
     if shift >= 0:
         units = magnitude * scale

@@ -22,7 +22,8 @@ executed directly:
   doubt) and the arguments with graphql-core's own functions, builds the inputs with the
   flat builders of :mod:`tradegraph.graphql.inputs` (Strawberry's conversion for
   others), calls the field's own resolver, and renders the payload by reading the
-  selected attributes and serializing leaves with the schema's own scalar and enum types.
+  selected attributes (or calling a field's plain ``def f(self)`` resolver) and
+  serializing leaves with the schema's own scalar and enum types.
 * **Falling back.** Anything unusual *before* the resolver runs (a bad token, invalid
   variables, a refused rate limit) returns ``None`` and the regular pipeline handles the
   request from scratch, so its errors are the regular ones. After the resolver has run
@@ -186,12 +187,25 @@ def _attribute_getter(
     field = (gql_field.extensions or {}).get(_BACKREF)
     if not isinstance(field, StrawberryField) or field.extensions or field.permission_classes:
         return None
-    if field.base_resolver is None:
+    resolver = field.base_resolver
+    if resolver is None:
         attr = field.python_name
         return lambda obj: getattr(obj, attr)
     if name == "id" and field.origin is relay.Node:  # relay's own id, not an override
         return _relay_id_getter(parent)
-    return None  # a resolver of its own: the regular path
+    if (
+        resolver.self_parameter is not None
+        and not resolver.arguments
+        and resolver.info_parameter is None
+        and resolver.root_parameter is None
+        and resolver.parent_parameter is None
+        and not resolver.is_async
+        and len(resolver.signature.parameters) == 1
+        and not isinstance(resolver.wrapped_func, staticmethod | classmethod)
+    ):
+        method: Callable[[Any], Any] = resolver.wrapped_func
+        return method  # a plain method of the object (computed on read)
+    return None  # a resolver that needs more: the regular path
 
 
 def _relay_id_getter(parent: GraphQLObjectType) -> Callable[[Any], Any] | None:

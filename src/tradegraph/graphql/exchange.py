@@ -7,7 +7,7 @@ the instrument's or asset's decimals.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -403,7 +403,7 @@ class Order(relay.Node):
         avg = None
         if filled:
             avg = (info.quote(d["quote_filled"]) or Decimal(0)) / (info.qty(filled) or 1)
-            avg = avg.quantize(Decimal(1).scaleb(-info.row.price_decimals))
+            avg = avg.quantize(Decimal(1).scaleb(-info.price_decimals))
         return cls(
             id=str(d["id"]),
             client_order_id=d.get("client_order_id"),
@@ -636,11 +636,57 @@ class WithdrawPayload:
     errors: list[UserError] = strawberry.field(default_factory=list, description="Failures.")
 
 
+class _Placed:
+    """An accepted order's engine result, turned into ``Order`` and ``Fill`` objects only
+    when a selection reads them: a bot placing 100 orders that selects only ``errors``
+    would otherwise pay for a dozen ``Decimal`` conversions per order it never sees."""
+
+    __slots__ = ("_fills", "_order", "at", "instrument", "result")
+
+    def __init__(self, instrument: InstrumentInfo, result: dict[str, Any], at: datetime) -> None:
+        self.instrument = instrument
+        self.result = result
+        self.at = at
+        self._order: Order | None = None
+        self._fills: list[Fill] | None = None
+
+    def order(self) -> Order:
+        if self._order is None:
+            self._order = Order.build(self.instrument, self.result["order"], None, self.at)
+        return self._order
+
+    def fills(self) -> list[Fill]:
+        if self._fills is None:
+            order = self.result["order"]
+            self._fills = [
+                Fill.from_event(
+                    self.instrument,
+                    {
+                        **t,
+                        "order_id": order["id"],
+                        "account_id": order["account_id"],
+                        "side": order["side"],
+                        "fee": t["taker_fee"],
+                        "liquidity": "TAKER",
+                    },
+                )
+                for t in self.result.get("trades", [])
+            ]
+        return self._fills
+
+
 @strawberry.type(description="Result of placeOrder.")
 class PlaceOrderPayload:
-    order: Order | None = strawberry.field(default=None, description="The order after matching.")
-    fills: list[Fill] = strawberry.field(default_factory=list, description="Fills as taker.")
+    @strawberry.field(description="The order after matching.")
+    def order(self) -> Order | None:
+        return None if self.placed is None else self.placed.order()
+
+    @strawberry.field(description="Fills as taker.")
+    def fills(self) -> list[Fill]:
+        return [] if self.placed is None else self.placed.fills()
+
     errors: list[UserError] = strawberry.field(default_factory=list, description="Failures.")
+    placed: strawberry.Private[_Placed | None] = None
 
 
 @strawberry.type(description="Result of placeOrders: one entry per input, in order.")
@@ -663,7 +709,9 @@ class CancelAllOrdersPayload:
     errors: list[UserError] = strawberry.field(default_factory=list, description="Failures.")
 
 
-async def _place_payload(info: Info, result: dict[str, Any]) -> PlaceOrderPayload:
+def _place_payload(
+    instruments: Mapping[str, InstrumentInfo], result: dict[str, Any], at: datetime
+) -> PlaceOrderPayload:
     error = result.get("error")
     if error:
         return PlaceOrderPayload(
@@ -671,24 +719,20 @@ async def _place_payload(info: Info, result: dict[str, Any]) -> PlaceOrderPayloa
                 UserError(code=error["code"], field=error.get("field"), message=error["message"])
             ]
         )
-    order = result["order"]
-    ins = await info.context.services.exchange.instrument(order["symbol"])
-    now = datetime.now(UTC)
-    fills = [
-        Fill.from_event(
-            ins,
-            {
-                **t,
-                "order_id": order["id"],
-                "account_id": order["account_id"],
-                "side": order["side"],
-                "fee": t["taker_fee"],
-                "liquidity": "TAKER",
-            },
-        )
-        for t in result.get("trades", [])
-    ]
-    return PlaceOrderPayload(order=Order.build(ins, order, None, now), fills=fills)
+    return PlaceOrderPayload(placed=_Placed(instruments[result["order"]["symbol"]], result, at))
+
+
+async def _instruments_of(
+    info: Info, results: Iterable[dict[str, Any]]
+) -> dict[str, InstrumentInfo]:
+    """The instrument of each accepted order in ``results``, one lookup per symbol."""
+    service = info.context.services.exchange
+    found: dict[str, InstrumentInfo] = {}
+    for result in results:
+        order = result.get("order")
+        if order is not None and order["symbol"] not in found:
+            found[order["symbol"]] = await service.instrument(order["symbol"])
+    return found
 
 
 async def _money_move(
@@ -887,7 +931,7 @@ class ExchangeMutation:
     async def place_order(self, info: Info, input: PlaceOrderInput) -> PlaceOrderPayload:
         principal = info.context.require_principal()
         result = await info.context.services.exchange.place_order(principal, input.to_input())
-        return await _place_payload(info, result)
+        return _place_payload(await _instruments_of(info, [result]), result, datetime.now(UTC))
 
     @strawberry.mutation(description="Place up to 100 orders; each is accepted or rejected alone.")
     @returns_payload(PlaceOrdersPayload)
@@ -905,15 +949,18 @@ class ExchangeMutation:
             except DomainError as error:
                 converted.append(error)
         valid = [c for c in converted if isinstance(c, OrderInput)]
-        results = iter(
+        placed = (
             await info.context.services.exchange.place_orders(principal, valid) if valid else []
         )
+        instruments = await _instruments_of(info, placed)
+        at = datetime.now(UTC)
+        results = iter(placed)
         out = []
         for c in converted:
             if isinstance(c, DomainError):
                 out.append(PlaceOrderPayload(errors=[UserError.from_domain(c)]))
             else:
-                out.append(await _place_payload(info, next(results)))
+                out.append(_place_payload(instruments, next(results), at))
         return PlaceOrdersPayload(results=out)
 
     @strawberry.mutation(description="Cancel an open order by id or clientOrderId.")
