@@ -82,7 +82,20 @@ def engine() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_engine(settings, stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (uvicorn[standard] brings it on Linux
+    and macOS), as uvicorn itself picks for the API workers: the engine process writes
+    to PostgreSQL and Redis all the time, and the stdlib loop's transports were ~30% of
+    its CPU under bulk order entry. None (the stdlib loop) elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @cli.command()
