@@ -194,6 +194,7 @@ class Sequencer:
         self.commands = 0
         self._batch = BatchWrite()
         self._events: list[tuple[str, dict[str, Any]]] = []
+        self._last_order: tuple[OrderUpdate, dict[str, Any]] | None = None  # see _place_result
         self._ts = ""
         self._bodies: dict[str, str] = {}
         self._backoff = _INITIAL_BACKOFF
@@ -504,8 +505,15 @@ class Sequencer:
         return self._place_result(result)
 
     def _place_result(self, result: PlaceResult) -> dict[str, Any]:
+        # The order's final state is usually the command's last ORDER event: one dict
+        # for both (neither is changed after this).
+        last = self._last_order
+        order = (
+            last[1] if last is not None and last[0] is result.order else order_dict(result.order)
+        )
+        self._last_order = None
         return {
-            "order": order_dict(result.order),
+            "order": order,
             "trades": [trade_dict(t, self._ts) for t in result.trades],
             "replayed": result.replayed,
         }
@@ -662,7 +670,9 @@ class Sequencer:
         for e in effects:
             if isinstance(e, OrderUpdate):
                 batch.orders[e.order_id] = e
-                self._emit_user(e.request.account_id, "ORDER", order_dict(e))
+                data = order_dict(e)
+                self._last_order = (e, data)
+                self._emit_user(e.request.account_id, "ORDER", data)
             elif isinstance(e, Trade):
                 batch.trades.append(e)
                 batch.postings.extend((p, None) for p in e.postings())
