@@ -205,17 +205,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def postgres_pids() -> list[int]:
+def pids_named(*names: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() in ("postgres", "postmaster"):
+                    if f.read().strip() in names:
                         pids.append(int(entry))
             except OSError:
                 continue
     return pids
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent on anything but idle and I/O wait (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, minus idle and iowait
+    return busy / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 async def count_orders(database_url: str) -> int:
@@ -249,14 +260,19 @@ async def phase_wrk(
     """wrk (C, two threads) drives the load, so the generator costs little CPU.
 
     Orders are counted in the database (accepted ones only); CPU is read from /proc for
-    the server processes and for PostgreSQL, per accepted order.
+    the server processes (and, in the production shape, the engine process alone), for
+    PostgreSQL, for Redis and for the whole machine (load generator included), per
+    accepted order.
     """
     entries = ",".join(f'{{"{t}","{a}"}}' for t, a in users)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script % entries)
     before = await count_orders(database_url)
-    pg = postgres_pids()
+    pg, redis = pids_named("postgres", "postmaster"), pids_named("redis-server")
+    engine = servers[:1] if len(servers) > 1 else []
     cpu_before, pg_before = cpu_seconds(servers), cpu_seconds(pg)
+    engine_before, redis_before = cpu_seconds(engine), cpu_seconds(redis)
+    machine_before = machine_busy_seconds()
     out = subprocess.run(
         ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", f.name, url],
         capture_output=True,
@@ -264,10 +280,20 @@ async def phase_wrk(
         check=True,
     ).stdout
     cpu_after, pg_after = cpu_seconds(servers), cpu_seconds(pg)
+    engine_after, redis_after = cpu_seconds(engine), cpu_seconds(redis)
+    machine_after = machine_busy_seconds()
     after = await count_orders(database_url)
     lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
     orders = max(1, after - before)
-    return {
+    per_order = {
+        "machine_cpu_ms_per_order": round((machine_after - machine_before) * 1000 / orders, 3)
+    }
+    if engine:
+        per_order["engine_cpu_ms_per_order"] = round(
+            (engine_after - engine_before) * 1000 / orders, 3
+        )
+        per_order["redis_cpu_ms_per_order"] = round((redis_after - redis_before) * 1000 / orders, 3)
+    return per_order | {
         "orders_per_s": round((after - before) / seconds),
         "p50_ms": round(_ms(lines["50%"][1]), 2),
         "p99_ms": round(_ms(lines["99%"][1]), 2),
@@ -480,7 +506,11 @@ async def main(args: argparse.Namespace) -> dict:
                 "bulk_call_p99_ms": measured["p99_ms"],
                 "bulk_server_cpu_ms_per_order": measured["server_cpu_ms_per_order"],
                 "bulk_postgres_cpu_ms_per_order": measured["postgres_cpu_ms_per_order"],
+                "bulk_machine_cpu_ms_per_order": measured["machine_cpu_ms_per_order"],
             }
+            if args.workers > 1:
+                bulk["bulk_engine_cpu_ms_per_order"] = measured["engine_cpu_ms_per_order"]
+                bulk["bulk_redis_cpu_ms_per_order"] = measured["redis_cpu_ms_per_order"]
         elif "bulk" in phases:
             bulk = await phase_bulk(url, users, args.seconds, args.bulk_concurrency)
         async with httpx.AsyncClient(base_url=url) as client:
@@ -517,6 +547,14 @@ async def main(args: argparse.Namespace) -> dict:
         admin = await asyncpg.connect(PG_ADMIN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        if "TRADEGRAPH_REDIS_PREFIX" in env:  # the command stream alone holds ~40 MB a run
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url(args.redis)
+            keys = [k async for k in client.scan_iter(f"{env['TRADEGRAPH_REDIS_PREFIX']}*")]
+            if keys:
+                await client.unlink(*keys)
+            await client.aclose()
 
 
 if __name__ == "__main__":
