@@ -18,6 +18,8 @@ result and errors are then the regular ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from graphql import (
@@ -128,7 +130,9 @@ def _list_coercion(item: Coerce) -> Coerce:
 
 
 def _object_coercion(type_: GraphQLInputObjectType, objects: dict[str, Coerce]) -> Coerce | None:
-    fields: list[tuple[str, str, Coerce, bool, Any]] = []
+    # (name, out_name, coerce, required, default, field); default is the coerced default
+    # when it is an immutable leaf (decided once), _PER_CALL when it must be made anew.
+    fields: list[tuple[str, str, Coerce, bool, Any, Any]] = []
     names = frozenset(type_.fields)
     out_type = type_.out_type
 
@@ -137,16 +141,19 @@ def _object_coercion(type_: GraphQLInputObjectType, objects: dict[str, Coerce]) 
             return None
         if not isinstance(value, dict):
             return Undefined
-        for key, v in value.items():
-            if key not in names and v is not Undefined:
-                return Undefined  # an unknown field
+        if not names.issuperset(value):
+            for key, v in value.items():
+                if key not in names and v is not Undefined:
+                    return Undefined  # an unknown field
         out: dict[str, Any] = {}
-        for name, out_name, coerce, required, field in fields:
-            v = value.get(name, Undefined)
+        get = value.get
+        for name, out_name, coerce, required, default, field in fields:
+            v = get(name, Undefined)
             if v is Undefined:
                 if required:
                     return Undefined
-                default = coerce_default_value(field)
+                if default is _PER_CALL:
+                    default = coerce_default_value(field)
                 if default is not Undefined:
                     out[out_name] = default
                 continue
@@ -162,8 +169,15 @@ def _object_coercion(type_: GraphQLInputObjectType, objects: dict[str, Coerce]) 
         if coerce is None:
             return None
         required = isinstance(field.type, GraphQLNonNull) and field.default_value is Undefined
-        fields.append((name, field.out_name or name, coerce, required, field))
+        default = coerce_default_value(field)
+        if not (default is Undefined or default is None or isinstance(default, _IMMUTABLE)):
+            default = _PER_CALL  # a list or an object: each request gets its own
+        fields.append((name, field.out_name or name, coerce, required, default, field))
     return coerce_object
+
+
+_PER_CALL = object()
+_IMMUTABLE = (str, int, float, Decimal, Enum)  # bool is an int
 
 
 def _leaf_coercion(parse: Callable[[Any], Any]) -> Coerce:
