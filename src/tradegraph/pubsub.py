@@ -686,8 +686,9 @@ class PubSub:
         """Send ``message`` to every current subscriber of ``topic`` (at most once).
 
         Raises :class:`PubSubUnavailable` when the transport is down or slow (after
-        ``publish_timeout``); nothing is buffered. ``TypeError``/``ValueError`` for a
-        message that is not a JSON-serialisable mapping (NaN/Infinity included).
+        ``publish_timeout``); nothing is buffered. ``TypeError`` for a message that is
+        not a JSON-serialisable mapping (NaN and infinities travel as null, see
+        :mod:`tradegraph.wire`).
         """
         channel, payload = self._encode(topic, message)
         self._check_open()
