@@ -13,7 +13,18 @@ all accounts is unchanged.
 
 from __future__ import annotations
 
-from decimal import Context, Decimal, InvalidOperation
+from decimal import (
+    Clamped,
+    Context,
+    Decimal,
+    DecimalException,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Rounded,
+    Subnormal,
+    Underflow,
+)
 
 from tradegraph.errors import DomainError
 
@@ -40,6 +51,13 @@ MAX_UNITS = 2**63 - 1
 _MAX_DECIMALS = 36
 _MAX_DIGITS = 80
 _EXACT = Context(prec=2 * _MAX_DIGITS, Emax=4 * _MAX_DIGITS, Emin=-4 * _MAX_DIGITS)
+# The same, raising instead of rounding (or anything else inexact).
+_TRAPPING = Context(
+    prec=2 * _MAX_DIGITS,
+    Emax=4 * _MAX_DIGITS,
+    Emin=-4 * _MAX_DIGITS,
+    traps=[Inexact, Rounded, Overflow, Underflow, Subnormal, Clamped, InvalidOperation],
+)
 
 
 def _check_decimals(decimals: int) -> None:
@@ -65,6 +83,14 @@ def to_minor(
     refused outright: a float has already lost the exact value the user typed.  The sign and
     zero checks exist because nearly every caller (amounts, prices, quantities) needs them.
     """
+    if type(value) is Decimal and type(decimals) is int and 0 <= decimals <= _MAX_DECIMALS:
+        units = _exact_units(value, decimals)  # the API edge's case: a parsed Decimal
+        if units is not None:
+            if units < 0 and not allow_negative:
+                raise DomainError("value must not be negative", code=code, field=field)
+            if units == 0 and not allow_zero:
+                raise DomainError("value must be greater than zero", code=code, field=field)
+            return units
     _check_decimals(decimals)
     if isinstance(value, bool | float):
         raise TypeError("to_minor does not accept floats or bools; pass a Decimal or str")
@@ -107,6 +133,22 @@ def to_minor(
             raise DomainError("value must not be negative", code=code, field=field)
     if units == 0 and not allow_zero:
         raise DomainError("value must be greater than zero", code=code, field=field)
+    return units
+
+
+def _exact_units(value: Decimal, decimals: int) -> int | None:
+    """``value * 10**decimals`` when that is an integer within ``MAX_UNITS`` and computing
+    it loses nothing; otherwise None, and :func:`to_minor`'s general path decides (and
+    words the error). One ``scaleb`` instead of splitting the digits: ~2x faster."""
+    if not value.is_finite() or not -_MAX_DIGITS <= value.adjusted() < 19 - decimals:
+        return None
+    try:
+        scaled = value.scaleb(decimals, _TRAPPING)
+    except DecimalException:  # rounded: more digits than the context holds
+        return None
+    units = int(scaled)
+    if scaled != units or not -MAX_UNITS <= units <= MAX_UNITS:
+        return None
     return units
 
 

@@ -157,3 +157,29 @@ def test_from_minor_is_exact_with_the_scale_as_exponent(units: int, decimals: in
     sign, digits, exponent = value.as_tuple()
     assert exponent == -decimals  # "1.50" stays "1.50": the scale is the instrument's
     assert (-1 if sign else 1) * int("".join(map(str, digits))) == units
+
+
+@given(
+    value=st.decimals(allow_nan=False, allow_infinity=False, places=None)
+    | st.builds(
+        lambda units, exponent: Decimal(units).scaleb(exponent),
+        st.integers(-(10**20), 10**20),
+        st.integers(-45, 45),
+    ),
+    decimals=st.integers(0, 36),
+    allow_negative=st.booleans(),
+    allow_zero=st.booleans(),
+)
+def test_the_decimal_fast_path_agrees_with_the_general_one(
+    value: Decimal, decimals: int, allow_negative: bool, allow_zero: bool
+) -> None:
+    """A Decimal takes one exact scaleb; the same value as text takes the digit path."""
+    flags = {"allow_negative": allow_negative, "allow_zero": allow_zero}
+
+    def outcome(v: Decimal | str) -> int | str:
+        try:
+            return to_minor(v, decimals, **flags)
+        except DomainError as error:
+            return error.message
+
+    assert outcome(value) == outcome(str(value))
