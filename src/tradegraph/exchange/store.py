@@ -63,37 +63,74 @@ class BatchWrite:
         )
 
 
-def order_row(u: OrderUpdate, now: datetime) -> dict[str, Any]:
+ORDER_COLUMNS = (
+    "id",
+    "account_id",
+    "symbol",
+    "side",
+    "type",
+    "time_in_force",
+    "status",
+    "price",
+    "stop_price",
+    "quantity",
+    "quote_quantity",
+    "post_only",
+    "stp",
+    "client_order_id",
+    "filled_qty",
+    "remaining_qty",
+    "quote_filled",
+    "fee_paid",
+    "fee_accrued",
+    "reserved",
+    "budget_left",
+    "limit_price",
+    "priority",
+    "triggered",
+    "reason",
+    "created_at",
+    "updated_at",
+)
+
+
+def order_record(u: OrderUpdate, now: datetime) -> tuple[Any, ...]:
+    """An order's row as values in :data:`ORDER_COLUMNS` order (what ``COPY`` takes: no
+    dict to build and pick apart for each of a batch's new orders)."""
     r = u.request
-    return {
-        "id": u.order_id,
-        "account_id": r.account_id,
-        "symbol": r.symbol,
-        "side": r.side,
-        "type": r.type,
-        "time_in_force": r.time_in_force,
-        "status": u.status,
-        "price": r.price,
-        "stop_price": r.stop_price,
-        "quantity": r.quantity,
-        "quote_quantity": r.quote_quantity,
-        "post_only": r.post_only,
-        "stp": r.stp,
-        "client_order_id": r.client_order_id,
-        "filled_qty": u.filled_qty,
-        "remaining_qty": u.remaining_qty,
-        "quote_filled": u.quote_filled,
-        "fee_paid": u.fee_paid,
-        "fee_accrued": u.fee_accrued,
-        "reserved": u.reserved,
-        "budget_left": u.budget_left,
-        "limit_price": u.limit_price,
-        "priority": u.priority,
-        "triggered": u.triggered,
-        "reason": u.reason,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return (
+        u.order_id,
+        r.account_id,
+        r.symbol,
+        r.side,
+        r.type,
+        r.time_in_force,
+        u.status,
+        r.price,
+        r.stop_price,
+        r.quantity,
+        r.quote_quantity,
+        r.post_only,
+        r.stp,
+        r.client_order_id,
+        u.filled_qty,
+        u.remaining_qty,
+        u.quote_filled,
+        u.fee_paid,
+        u.fee_accrued,
+        u.reserved,
+        u.budget_left,
+        u.limit_price,
+        u.priority,
+        u.triggered,
+        u.reason,
+        now,
+        now,
+    )
+
+
+def order_row(u: OrderUpdate, now: datetime) -> dict[str, Any]:
+    return dict(zip(ORDER_COLUMNS, order_record(u, now), strict=True))
 
 
 def order_from_row(row: m.Order) -> OrderUpdate:
@@ -169,6 +206,16 @@ async def _begin(conn: AsyncConnection, adapter: Any) -> None:
         raise RuntimeError("the batch transaction did not start")
 
 
+def _as_records(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """The first row's keys, and every row's values in that order."""
+    columns = tuple(rows[0])
+    if len(columns) == 1:
+        (name,) = columns
+        return columns, [(row[name],) for row in rows]
+    values = itemgetter(*columns)
+    return columns, [values(row) for row in rows]
+
+
 class _PgArrays:
     """PostgreSQL: one statement per table per batch, rows sent as one array per column,
     or ``COPY`` (binary) for rows that are only ever inserted.
@@ -230,9 +277,23 @@ class _PgArrays:
     ) -> None:
         if not rows:
             return
-        columns = tuple(rows[0])
+        columns, records = _as_records(rows)
+        await self.write_records(conn, table, columns, records, keys, update)
+
+    async def write_records(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        columns: tuple[str, ...],
+        records: Sequence[tuple[Any, ...]],
+        keys: Sequence[str] = (),
+        update: Sequence[str] = (),
+    ) -> None:
+        """:meth:`write` for rows already laid out as ``columns``."""
+        if not records:
+            return
         sql = self._statement(table, columns, keys, update)
-        arrays = [[row[c] for row in rows] for c in columns]
+        arrays = [list(column) for column in zip(*records, strict=True)]
         driver = await self._driver(conn)
         await driver.execute(sql, *arrays)
 
@@ -243,12 +304,20 @@ class _PgArrays:
         (asyncpg inspects every array element) and less server work too."""
         if not rows:
             return
-        columns = tuple(rows[0])
+        columns, records = _as_records(rows)
+        await self.copy_records(conn, table, columns, records)
+
+    async def copy_records(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        columns: tuple[str, ...],
+        records: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """:meth:`copy` for rows already laid out as ``columns``."""
+        if not records:
+            return
         self._check_columns(table, columns)
-        values = itemgetter(*columns)
-        records = (
-            [values(row) for row in rows] if len(columns) > 1 else [(values(r),) for r in rows]
-        )
         driver = await self._driver(conn)
         await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
 
@@ -322,18 +391,34 @@ class ExchangeStore:
                 new = batch.new_orders
                 # An id wrongly taken for new fails the insert, and so the batch: never a
                 # silent overwrite.
-                await self._insert_rows(
-                    conn,
-                    m.Order,
-                    [order_row(u, now) for u in batch.orders.values() if u.order_id in new],
-                )
-                await self._upsert(
-                    conn,
-                    _table(m.Order),
-                    [order_row(u, now) for u in batch.orders.values() if u.order_id not in new],
-                    ["id"],
-                    _ORDER_MUTABLE,
-                )
+                created = [u for u in batch.orders.values() if u.order_id in new]
+                if self._arrays is not None:
+                    await self._arrays.copy_records(
+                        conn,
+                        _table(m.Order),
+                        ORDER_COLUMNS,
+                        [order_record(u, now) for u in created],
+                    )
+                else:
+                    await self._insert_rows(conn, m.Order, [order_row(u, now) for u in created])
+                changed = [u for u in batch.orders.values() if u.order_id not in new]
+                if self._arrays is not None:
+                    await self._arrays.write_records(
+                        conn,
+                        _table(m.Order),
+                        ORDER_COLUMNS,
+                        [order_record(u, now) for u in changed],
+                        ["id"],
+                        _ORDER_MUTABLE,
+                    )
+                else:
+                    await self._upsert(
+                        conn,
+                        _table(m.Order),
+                        [order_row(u, now) for u in changed],
+                        ["id"],
+                        _ORDER_MUTABLE,
+                    )
             if batch.trades:
                 await self._insert_rows(
                     conn,
