@@ -716,13 +716,18 @@ class PubSub:
         if not messages:
             return
         by_channel: dict[str, list[str]] = {}
+        channels: dict[str, str] = {}  # topic -> channel, for this call's many events
         listened = self._topics if self._transport.local_only else None
         for topic, message in messages:
-            if listened is not None and self.channel(topic) not in listened:
+            channel = channels.get(topic)
+            if channel is None:
+                channel = channels[topic] = self.channel(topic)
+            if listened is not None and channel not in listened:
                 if not isinstance(message, Mapping):
                     raise TypeError(f"message must be a mapping, not {type(message).__name__}")
                 continue
-            channel, payload = self._encode(topic, message)
+            # encode_object checks the type itself (a dict without the ABC check)
+            payload = encode_object(message)
             texts = by_channel.get(channel)
             if texts is None:
                 by_channel[channel] = [payload]

@@ -272,7 +272,10 @@ class ExchangeService:
 
     async def to_engine_order(self, order: OrderInput) -> dict[str, Any]:
         """Shape-check and convert one placement (tick/lot are exact or an error)."""
-        info = await self.instrument(order.symbol)
+        return self._engine_order(await self.instrument(order.symbol), order)
+
+    @staticmethod
+    def _engine_order(info: InstrumentInfo, order: OrderInput) -> dict[str, Any]:
         price_decimals = info.price_decimals
         if order.client_order_id is not None and not CLIENT_ORDER_ID_RE.fullmatch(
             order.client_order_id
@@ -345,9 +348,13 @@ class ExchangeService:
             )
         results: list[dict[str, Any] | None] = [None] * len(orders)
         converted: list[tuple[int, dict[str, Any]]] = []
+        instruments: dict[str, InstrumentInfo] = {}  # one lookup per symbol
         for i, order in enumerate(orders):
             try:
-                converted.append((i, await self.to_engine_order(order)))
+                info = instruments.get(order.symbol)
+                if info is None:
+                    info = instruments[order.symbol] = await self.instrument(order.symbol)
+                converted.append((i, self._engine_order(info, order)))
             except DomainError as error:
                 results[i] = {
                     "error": {"code": error.code, "message": error.message, "field": error.field}
