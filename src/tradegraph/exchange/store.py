@@ -392,26 +392,22 @@ class ExchangeStore:
                 # An id wrongly taken for new fails the insert, and so the batch: never a
                 # silent overwrite.
                 created = [u for u in batch.orders.values() if u.order_id in new]
-                if self._arrays is not None:
-                    await self._arrays.copy_records(
-                        conn,
-                        _table(m.Order),
-                        ORDER_COLUMNS,
-                        [order_record(u, now) for u in created],
-                    )
-                else:
-                    await self._insert_rows(conn, m.Order, [order_row(u, now) for u in created])
                 changed = [u for u in batch.orders.values() if u.order_id not in new]
-                if self._arrays is not None:
+                if self._arrays is not None:  # PostgreSQL: rows as tuples, COPY the new
+                    orders = _table(m.Order)
+                    await self._arrays.copy_records(
+                        conn, orders, ORDER_COLUMNS, [order_record(u, now) for u in created]
+                    )
                     await self._arrays.write_records(
                         conn,
-                        _table(m.Order),
+                        orders,
                         ORDER_COLUMNS,
                         [order_record(u, now) for u in changed],
                         ["id"],
                         _ORDER_MUTABLE,
                     )
                 else:
+                    await self._insert_rows(conn, m.Order, [order_row(u, now) for u in created])
                     await self._upsert(
                         conn,
                         _table(m.Order),
