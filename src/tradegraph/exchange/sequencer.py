@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tradegraph.bus import EngineBus, Incoming
@@ -38,6 +38,7 @@ from tradegraph.exchange.engine import (
     Trade,
 )
 from tradegraph.exchange.store import BatchWrite, ExchangeStore, order_from_row
+from tradegraph.exchange.values import TEXT
 from tradegraph.metrics import Metrics
 from tradegraph.wire import encode_object
 
@@ -56,6 +57,11 @@ class AccountInfo:
     owner_id: str | None
     kind: str
     status: str
+    # The owner's event topic, made once (events name it several times per order).
+    topic: str | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.topic = None if self.owner_id is None else f"user:{self.owner_id}"
 
 
 # Results written to ``engine_commands`` (the same text ``json.dumps(result, default=str)``
@@ -93,10 +99,10 @@ def order_dict(u: OrderUpdate) -> dict[str, Any]:
         "id": u.order_id,
         "account_id": r.account_id,
         "symbol": r.symbol,
-        "side": r.side.value,
-        "type": r.type.value,
-        "time_in_force": r.time_in_force.value,
-        "status": u.status.value,
+        "side": TEXT[r.side],
+        "type": TEXT[r.type],
+        "time_in_force": TEXT[r.time_in_force],
+        "status": TEXT[u.status],
         "price": r.price,
         "stop_price": r.stop_price,
         "quantity": r.quantity,
@@ -119,7 +125,7 @@ def trade_dict(t: Trade, ts: str) -> dict[str, Any]:
         "price": t.price,
         "qty": t.qty,
         "notional": t.notional,
-        "taker_side": t.taker_side.value,
+        "taker_side": TEXT[t.taker_side],
         "taker_fee": t.taker_fee,
         "maker_fee": t.maker_fee,
         "ts": ts,
@@ -471,20 +477,23 @@ class Sequencer:
         )
         return {"account_id": account_id}
 
-    def _request(self, p: dict[str, Any]) -> OrderRequest:
+    @staticmethod
+    def _request(p: dict[str, Any]) -> OrderRequest:
+        get = p.get
+        # Positional, in OrderRequest's field order (keywords cost ~15% more per order).
         return OrderRequest(
-            account_id=int(p["account_id"]),
-            symbol=p["symbol"],
-            side=_member(_SIDES, p["side"], "side"),
-            type=_member(_ORDER_TYPES, p["type"], "type"),
-            quantity=p.get("quantity"),
-            price=p.get("price"),
-            stop_price=p.get("stop_price"),
-            quote_quantity=p.get("quote_quantity"),
-            time_in_force=_member(_TIMES_IN_FORCE, p.get("time_in_force", "GTC"), "timeInForce"),
-            post_only=bool(p.get("post_only", False)),
-            client_order_id=p.get("client_order_id"),
-            stp=_member(_STP_MODES, p.get("stp", "EXPIRE_TAKER"), "selfTradePrevention"),
+            int(p["account_id"]),
+            p["symbol"],
+            _member(_SIDES, p["side"], "side"),
+            _member(_ORDER_TYPES, p["type"], "type"),
+            get("quantity"),
+            get("price"),
+            get("stop_price"),
+            get("quote_quantity"),
+            _member(_TIMES_IN_FORCE, get("time_in_force", "GTC"), "timeInForce"),
+            bool(get("post_only", False)),
+            get("client_order_id"),
+            _member(_STP_MODES, get("stp", "EXPIRE_TAKER"), "selfTradePrevention"),
         )
 
     def _place_one(self, p: dict[str, Any], user_id: str | None, limited: bool) -> dict[str, Any]:
@@ -647,9 +656,7 @@ class Sequencer:
 
     def _user_topic(self, account_id: int) -> str | None:
         info = self.accounts.get(account_id)
-        if info is None or info.owner_id is None:
-            return None
-        return f"user:{info.owner_id}"
+        return None if info is None else info.topic
 
     def _emit_user(self, account_id: int, type_: str, data: dict[str, Any]) -> None:
         topic = self._user_topic(account_id)

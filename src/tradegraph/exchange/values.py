@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "TEXT",
     "InstrumentSpec",
     "InstrumentStatus",
     "OrderRequest",
@@ -108,6 +109,15 @@ class InstrumentSpec:
         """Base minor units per qty unit."""
         mult: int = 10 ** (self.base_decimals - self.qty_decimals)
         return mult
+
+
+# Each member's text by a dict lookup: ``member.value`` goes through a Python-level
+# descriptor (~120 ns; the lookup ~16 ns), and order paths read several per order.
+TEXT: dict[StrEnum, str] = {
+    member: member.value
+    for enum in (Side, OrderType, TimeInForce, OrderStatus, STPMode)
+    for member in enum
+}
 
 
 @dataclass(frozen=True, slots=True)

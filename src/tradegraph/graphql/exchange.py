@@ -23,6 +23,7 @@ from tradegraph.exchange.book import Side as CoreSide
 from tradegraph.exchange.book import STPMode
 from tradegraph.exchange.book import TimeInForce as CoreTimeInForce
 from tradegraph.exchange.service import MAX_BULK_ORDERS, InstrumentInfo, OrderInput
+from tradegraph.exchange.values import TEXT
 from tradegraph.graphql.context import Info
 from tradegraph.graphql.errors import UserError, returns_payload
 from tradegraph.graphql.ids import decode_id
@@ -585,16 +586,16 @@ class PlaceOrderInput:
         return OrderInput(
             account_id=account_id_arg(self.account_id),
             symbol=self.symbol,
-            side=self.side.value,
-            type=self.type.value,
+            side=TEXT[self.side],
+            type=TEXT[self.type],
             quantity=self.quantity,
             price=self.price,
             stop_price=self.stop_price,
             quote_quantity=self.quote_quantity,
-            time_in_force=self.time_in_force.value,
+            time_in_force=TEXT[self.time_in_force],
             post_only=self.post_only,
             client_order_id=self.client_order_id,
-            self_trade_prevention=self.self_trade_prevention.value,
+            self_trade_prevention=TEXT[self.self_trade_prevention],
         )
 
 
