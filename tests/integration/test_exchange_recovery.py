@@ -237,6 +237,17 @@ async def test_a_malformed_order_in_a_command_fails_alone(services):
             price=Decimal("40000"),
         )
     )
+    # What is None (or post_only False) stays out of the command: absent means the default.
+    assert set(good) == {
+        "account_id",
+        "symbol",
+        "side",
+        "type",
+        "quantity",
+        "price",
+        "time_in_force",
+        "stp",
+    }
     bad = [
         {**good, "side": "SIDEWAYS"},
         {**good, "type": 7},

@@ -479,7 +479,7 @@ class Sequencer:
 
     @staticmethod
     def _request(p: dict[str, Any]) -> OrderRequest:
-        get = p.get
+        get = p.get  # the service leaves out what is None (and post_only when False)
         # Positional, in OrderRequest's field order (keywords cost ~15% more per order).
         return OrderRequest(
             int(p["account_id"]),
