@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, Enum, MetaData, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -71,6 +72,31 @@ def str_enum(cls: type[enum.Enum], name: str, length: int = 16) -> Enum:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def asyncpg_transaction(conn: AsyncConnection | AsyncSession) -> Any:
+    """The asyncpg connection under a PostgreSQL connection or session, its transaction begun.
+
+    For hot-path statements where SQLAlchemy's per-statement work would cost more than
+    the statement. SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first
+    statement; a raw statement before that would run (and commit) outside the
+    transaction, so this begins it first. The adapter's own starter is one BEGIN round
+    trip; if a future SQLAlchemy lacks it, any statement through the adapter does the same.
+    """
+    if isinstance(conn, AsyncSession):
+        conn = await conn.connection()
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if not driver.is_in_transaction():
+        adapter: Any = raw.dbapi_connection
+        start = getattr(adapter, "_start_transaction", None)
+        if start is not None and getattr(adapter, "_transaction", False) is None:
+            await start()
+        else:
+            await conn.exec_driver_sql("SELECT 1")
+        if not driver.is_in_transaction():
+            raise RuntimeError("the transaction did not start")
+    return driver
 
 
 def new_id() -> str:

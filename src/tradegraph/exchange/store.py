@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tradegraph.db import Database, utcnow
+from tradegraph.db import Database, asyncpg_transaction, utcnow
 from tradegraph.exchange import models as m
 from tradegraph.exchange.book import OrderStatus
 from tradegraph.exchange.engine import (
@@ -184,26 +184,16 @@ _ORDER_MUTABLE = (
 )
 
 
+# PostgreSQL: every symbol's last trade price of a batch in one statement.
+_LAST_PRICES_SQL = (
+    "UPDATE instruments AS i SET last_price = v.price"
+    " FROM unnest($1::VARCHAR[], $2::BIGINT[]) AS v(symbol, price) WHERE i.symbol = v.symbol"
+)
+
+
 def _table(model: type[Any]) -> Table:
     table: Table = model.__table__
     return table
-
-
-async def _begin(conn: AsyncConnection, adapter: Any) -> None:
-    """Open the batch's transaction on the asyncpg connection now.
-
-    SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement; a raw
-    write before that would run (and commit) outside the batch's transaction, and a crash
-    could leave half a batch behind. The adapter's own starter is one BEGIN round trip;
-    if a future SQLAlchemy lacks it, any statement through the adapter does the same.
-    """
-    start = getattr(adapter, "_start_transaction", None)
-    if start is not None and getattr(adapter, "_transaction", False) is None:
-        await start()
-    else:
-        await conn.exec_driver_sql("SELECT 1")
-    if not adapter.driver_connection.is_in_transaction():
-        raise RuntimeError("the batch transaction did not start")
 
 
 def _as_records(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
@@ -294,7 +284,7 @@ class _PgArrays:
             return
         sql = self._statement(table, columns, keys, update)
         arrays = [list(column) for column in zip(*records, strict=True)]
-        driver = await self._driver(conn)
+        driver = await asyncpg_transaction(conn)
         await driver.execute(sql, *arrays)
 
     async def copy(
@@ -318,17 +308,8 @@ class _PgArrays:
         if not records:
             return
         self._check_columns(table, columns)
-        driver = await self._driver(conn)
+        driver = await asyncpg_transaction(conn)
         await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
-
-    @staticmethod
-    async def _driver(conn: AsyncConnection) -> Any:
-        """The transaction's asyncpg connection, with the transaction begun."""
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        if not driver.is_in_transaction():
-            await _begin(conn, raw.dbapi_connection)
-        return driver
 
 
 class ExchangeStore:
@@ -476,12 +457,17 @@ class ExchangeStore:
                 ["account_id", "asset"],
                 ["total", "locked", "updated_at"],
             )
-            for symbol, price in batch.instrument_prices.items():
-                await conn.execute(
-                    update(m.Instrument)
-                    .where(m.Instrument.symbol == symbol)
-                    .values(last_price=price)
-                )
+            if batch.instrument_prices and self._arrays is not None:
+                driver = await asyncpg_transaction(conn)
+                prices = batch.instrument_prices
+                await driver.execute(_LAST_PRICES_SQL, list(prices), list(prices.values()))
+            else:
+                for symbol, price in batch.instrument_prices.items():
+                    await conn.execute(
+                        update(m.Instrument)
+                        .where(m.Instrument.symbol == symbol)
+                        .values(last_price=price)
+                    )
             for symbol, status in batch.instrument_status.items():
                 await conn.execute(
                     update(m.Instrument).where(m.Instrument.symbol == symbol).values(status=status)

@@ -34,11 +34,10 @@ from types import TracebackType
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from tradegraph.db import Database
+from tradegraph.db import Database, asyncpg_transaction
 
 __all__ = ["DEFAULT_KEY", "LeaderLock", "LeadershipLost", "lock_key"]
 
@@ -49,14 +48,17 @@ DEFAULT_KEY: Final = "tradegraph:sequencer"
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
-# Is the leader lock (a bigint key: high half in classid, low half in objid, objsubid 1)
-# still granted to the leader's backend?
-_HOLDS_SQL: Final = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-    " AND classid = :classid AND objid = :objid AND objsubid = 1"
-    " AND granted AND pid = :pid)"
+# One statement, in this order: take the companion key shared for the transaction, then
+# ask whether the leader lock (a bigint key: high half in classid, low half in objid,
+# objsubid 1) is still granted to the leader's backend. The order matters (see the module
+# docstring) and CASE is how PostgreSQL lets a query fix it: the uncorrelated EXISTS is
+# an InitPlan, evaluated when its branch is first reached.
+_FENCE_SQL: Final = (
+    "SELECT CASE WHEN pg_advisory_xact_lock_shared($1::int4, $2::int4) IS NOT NULL"
+    " THEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+    " AND classid = $3::oid AND objid = $4::oid AND objsubid = 1"
+    " AND granted AND pid = $5::int4) END"
 )
-_FENCE_SQL: Final = text("SELECT pg_advisory_xact_lock_shared(:hi, :lo)")
 
 _local_holders: weakref.WeakValueDictionary[tuple[str, int], LeaderLock] = (
     weakref.WeakValueDictionary()
@@ -209,7 +211,8 @@ class LeaderLock:
         """Inside a commit transaction: raise :class:`LeadershipLost` unless still leading.
 
         Holds a shared companion lock until that transaction ends, so a successor waits
-        for this commit before reading (see the module docstring). Two small queries.
+        for this commit before reading (see the module docstring). One small query, sent
+        on the asyncpg connection itself: it runs in every engine commit.
         """
         if not self._leader:
             raise LeadershipLost("not the leader")
@@ -218,11 +221,9 @@ class LeaderLock:
                 raise LeadershipLost("the process-local leader lock is held by another")
             return
         hi, lo = self._fence_key
-        await session.execute(_FENCE_SQL, {"hi": hi, "lo": lo})
-        result = await session.execute(
-            _HOLDS_SQL, {"classid": self._classid, "objid": self._objid, "pid": self._pid}
-        )
-        if not result.scalar():
+        driver = await asyncpg_transaction(session)
+        holds = await driver.fetchval(_FENCE_SQL, hi, lo, self._classid, self._objid, self._pid)
+        if not holds:
             self._lose("the lock session no longer holds the leader lock")
             raise LeadershipLost("the leader lock is gone: another engine may be leading")
 
