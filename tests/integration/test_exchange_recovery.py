@@ -376,3 +376,49 @@ async def test_an_order_wrongly_taken_for_new_fails_the_whole_write(services):
     await sequencer.store.commit(write)
     async with services.db.session() as s:
         assert (await s.get(m.EngineState, "probe")).value == 1
+
+
+async def test_a_batch_stamps_every_row_it_writes_with_one_time(services):
+    """Order, trade, ledger and balance rows of one batch carry the batch's time (set by
+    PostgreSQL itself there, by the sequencer on SQLite), never a missing or stale one."""
+    from tradegraph.db import utcnow
+
+    (alice, a_acct), (bob, b_acct) = await _traders(services, 2)
+    maker = await services.exchange.place_order(alice, _sell(a_acct))
+    before = utcnow()
+    taker = await services.exchange.place_order(
+        bob,
+        OrderInput(
+            account_id=b_acct,
+            symbol="BTC-USD",
+            side="BUY",
+            type="LIMIT",
+            quantity=Decimal("1"),
+            price=Decimal("50000"),
+        ),
+    )
+    after = utcnow()
+    assert taker["order"]["status"] == "FILLED"
+    async with services.db.session() as s:
+        maker_row = await s.get(m.Order, maker["order"]["id"])
+        taker_row = await s.get(m.Order, taker["order"]["id"])
+        [trade] = list(await s.scalars(select(m.Trade)))
+        entries = list(
+            await s.scalars(select(m.LedgerEntry).where(m.LedgerEntry.trade_id.is_not(None)))
+        )
+        balances = list(
+            await s.scalars(select(m.Balance).where(m.Balance.account_id.in_([a_acct, b_acct])))
+        )
+    assert maker_row.created_at < before  # written by the earlier batch, not touched since
+    times = {
+        maker_row.updated_at,
+        taker_row.created_at,
+        taker_row.updated_at,
+        trade.created_at,
+        *(e.created_at for e in entries),
+        *(b.updated_at for b in balances),
+    }
+    assert len(entries) >= 2 and len(balances) == 4
+    assert len(times) == 1
+    [stamp] = times
+    assert stamp.tzinfo is not None and before <= stamp <= after

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -30,6 +31,13 @@ from tradegraph.exchange.book import (
     STPMode,
     TimeInForce,
 )
+
+# The time of the sequencer's rows. Its PostgreSQL writes leave them out and the server
+# fills in ``now()``: the batch transaction's start, one time for a whole batch, as the
+# sequencer's own clock would give. Encoding a timestamp per row for binary COPY cost the
+# engine more CPU than all the other columns of an order (docs/BENCHMARKS.md). On SQLite
+# the sequencer still sends its own time.
+BATCH_TIME = func.now()
 
 
 class AccountKind(enum.StrEnum):
@@ -115,7 +123,7 @@ class Balance(Base):
     asset: Mapped[str] = mapped_column(ForeignKey("assets.code"), primary_key=True)
     total: Mapped[int] = mapped_column(default=0)
     locked: Mapped[int] = mapped_column(default=0)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=BATCH_TIME)
 
 
 class Order(Base):
@@ -157,8 +165,8 @@ class Order(Base):
     priority: Mapped[int] = mapped_column(default=0)
     triggered: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=BATCH_TIME)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=BATCH_TIME)
 
 
 class Trade(Base):
@@ -178,7 +186,9 @@ class Trade(Base):
     maker_account_id: Mapped[int] = mapped_column(index=True)
     taker_fee: Mapped[int] = mapped_column()
     maker_fee: Mapped[int] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=BATCH_TIME, index=True
+    )
 
 
 class LedgerEntry(Base):
@@ -201,7 +211,7 @@ class LedgerEntry(Base):
     order_id: Mapped[int | None] = mapped_column(BigInteger)
     trade_id: Mapped[int | None] = mapped_column(BigInteger)
     ref: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=BATCH_TIME)
 
 
 class Transaction(Base):
@@ -235,7 +245,9 @@ class EngineCommand(Base):
     command_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     result: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        default=utcnow, server_default=BATCH_TIME, index=True
+    )
 
 
 class EngineState(Base):

@@ -63,6 +63,8 @@ class BatchWrite:
         )
 
 
+# An order's columns as the sequencer writes them; its times come from the database
+# (models.BATCH_TIME) on PostgreSQL, and from :func:`order_row` on SQLite.
 ORDER_COLUMNS = (
     "id",
     "account_id",
@@ -89,12 +91,10 @@ ORDER_COLUMNS = (
     "priority",
     "triggered",
     "reason",
-    "created_at",
-    "updated_at",
 )
 
 
-def order_record(u: OrderUpdate, now: datetime) -> tuple[Any, ...]:
+def order_record(u: OrderUpdate) -> tuple[Any, ...]:
     """An order's row as values in :data:`ORDER_COLUMNS` order (what ``COPY`` takes: no
     dict to build and pick apart for each of a batch's new orders)."""
     r = u.request
@@ -124,13 +124,14 @@ def order_record(u: OrderUpdate, now: datetime) -> tuple[Any, ...]:
         u.priority,
         u.triggered,
         u.reason,
-        now,
-        now,
     )
 
 
 def order_row(u: OrderUpdate, now: datetime) -> dict[str, Any]:
-    return dict(zip(ORDER_COLUMNS, order_record(u, now), strict=True))
+    """An order's row with its times, as SQLite is given it."""
+    row = dict(zip(ORDER_COLUMNS, order_record(u), strict=True))
+    row["created_at"] = row["updated_at"] = now
+    return row
 
 
 def order_from_row(row: m.Order) -> OrderUpdate:
@@ -216,8 +217,9 @@ class _PgArrays:
     parameter processing in Python and per-row statement execution in the server (a
     profiled hot spot of both on the order benchmark).
 
-    Rows must carry every column except an autoincrementing key (no Python-side defaults
-    apply here); enum columns must store names equal to values (they are ``StrEnum``).
+    Rows must carry every column except an autoincrementing key and those with a server
+    default (no Python-side defaults apply here); enum columns must store names equal to
+    values (they are ``StrEnum``).
     """
 
     def __init__(self) -> None:
@@ -228,7 +230,11 @@ class _PgArrays:
         if (table.name, columns) in self._checked:
             return
         for column in table.columns:
-            if column.name not in columns and column.autoincrement is not True:
+            if (
+                column.name not in columns
+                and column.autoincrement is not True
+                and column.server_default is None
+            ):
                 raise ValueError(f"{table.name}.{column.name} missing from the rows")
             enum_class = getattr(column.type, "enum_class", None)
             if enum_class is not None and any(e.name != e.value for e in enum_class):
@@ -363,6 +369,9 @@ class ExchangeStore:
         if batch.empty():
             return
         now = utcnow()
+        # The rows' times: PostgreSQL fills them in itself (models.BATCH_TIME).
+        created_at: dict[str, datetime] = {} if self._arrays else {"created_at": now}
+        updated_at: dict[str, datetime] = {} if self._arrays else {"updated_at": now}
         async with self.db.engine.begin() as conn:
             if self.fence is not None:
                 await self.fence(conn)
@@ -377,13 +386,13 @@ class ExchangeStore:
                 if self._arrays is not None:  # PostgreSQL: rows as tuples, COPY the new
                     orders = _table(m.Order)
                     await self._arrays.copy_records(
-                        conn, orders, ORDER_COLUMNS, [order_record(u, now) for u in created]
+                        conn, orders, ORDER_COLUMNS, [order_record(u) for u in created]
                     )
                     await self._arrays.write_records(
                         conn,
                         orders,
                         ORDER_COLUMNS,
-                        [order_record(u, now) for u in changed],
+                        [order_record(u) for u in changed],
                         ["id"],
                         _ORDER_MUTABLE,
                     )
@@ -415,7 +424,7 @@ class ExchangeStore:
                             "maker_account_id": t.maker_account_id,
                             "taker_fee": t.taker_fee,
                             "maker_fee": t.maker_fee,
-                            "created_at": now,
+                            **created_at,
                         }
                         for t in batch.trades
                     ],
@@ -434,7 +443,7 @@ class ExchangeStore:
                             "order_id": p.order_id,
                             "trade_id": p.trade_id,
                             "ref": ref or p.ref,
-                            "created_at": now,
+                            **created_at,
                         }
                         for p, ref in batch.postings
                     ],
@@ -450,7 +459,7 @@ class ExchangeStore:
                         "asset": b.asset,
                         "total": b.total,
                         "locked": b.locked,
-                        "updated_at": now,
+                        **updated_at,
                     }
                     for b in batch.balances.values()
                 ],
@@ -481,7 +490,7 @@ class ExchangeStore:
             )
             if batch.commands:
                 await self._insert_rows(
-                    conn, m.EngineCommand, [{**c, "created_at": now} for c in batch.commands]
+                    conn, m.EngineCommand, [{**c, **created_at} for c in batch.commands]
                 )
 
     # ----------------------------------------------------------------- rebuild reads
