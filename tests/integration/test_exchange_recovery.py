@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 from collections import defaultdict
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -422,3 +423,82 @@ async def test_a_batch_stamps_every_row_it_writes_with_one_time(services):
     assert len(times) == 1
     [stamp] = times
     assert stamp.tzinfo is not None and before <= stamp <= after
+
+
+async def test_client_order_id_of_a_closed_order_stays_taken_after_a_restart(settings):
+    """A retried clientOrderId of an order that closed before a restart answers the stored
+    order (same parameters) or DUPLICATE_CLIENT_ORDER_ID (other parameters). It must never
+    reach the database as a new order: the unique key would fail the whole batch, with
+    every other caller's orders in it, on each retry."""
+    first = Services(settings)
+    await first.start()
+    (alice, a_acct), (bob, b_acct) = await _traders(first, 2)
+    sell = OrderInput(
+        account_id=a_acct,
+        symbol="BTC-USD",
+        side="SELL",
+        type="LIMIT",
+        quantity=Decimal("1"),
+        price=Decimal("50000"),
+        client_order_id="sell-1",
+    )
+    placed = await first.exchange.place_order(alice, sell)
+    cancel = await first.exchange.cancel_order(
+        alice, order_id=None, client_order_id="sell-1", account_id=a_acct
+    )
+    assert cancel["order"]["status"] == "CANCELED"
+    await first.stop()
+
+    second = Services(settings)
+    await second.start()
+    try:
+        retried, bystander = await asyncio.gather(
+            second.exchange.place_order(alice, sell),
+            second.exchange.place_order(bob, _sell(b_acct, "50100")),
+        )
+        assert retried["replayed"] is True
+        assert retried["order"]["id"] == placed["order"]["id"]
+        assert retried["order"]["status"] == "CANCELED"
+        assert bystander["order"]["status"] == "NEW"
+        with pytest.raises(DomainError) as duplicate:
+            await second.exchange.place_order(alice, replace(sell, price=Decimal("50001")))
+        assert duplicate.value.code == "DUPLICATE_CLIENT_ORDER_ID"
+        [many] = await second.exchange.place_orders(alice, [sell])
+        assert many["replayed"] is True and many["order"]["id"] == placed["order"]["id"]
+        async with second.db.session() as s:
+            assert (await s.scalar(select(func.count()).select_from(m.Order))) == 2
+        await _check_ledger(second)
+    finally:
+        await second.stop()
+
+
+async def test_closed_orders_client_order_ids_leave_memory_and_come_back_from_the_database(
+    services,
+):
+    """The engine forgets a closed order's clientOrderId after its memory period (memory
+    stays bounded); a later retry recalls the stored order instead of placing a new one."""
+    (alice, a_acct), (bob, b_acct) = await _traders(services, 2)
+    sequencer = services.exchange_runtime.sequencer
+    engine = sequencer.engine
+    sell = replace(_sell(a_acct), client_order_id="gone-1")
+    placed = await services.exchange.place_order(alice, sell)
+    await services.exchange.place_order(
+        alice, replace(_sell(a_acct, "50500"), client_order_id="open-1")
+    )
+    await services.exchange.cancel_order(
+        alice, order_id=placed["order"]["id"], client_order_id=None, account_id=None
+    )
+    assert engine.knows_client_order_id(a_acct, "gone-1")
+    sequencer.client_order_id_memory = 0.0
+    await services.exchange.place_order(bob, _sell(b_acct, "50100"))  # a batch prunes
+    assert not engine.knows_client_order_id(a_acct, "gone-1")
+    assert engine.knows_client_order_id(a_acct, "open-1")  # open orders are never forgotten
+
+    retried = await services.exchange.place_order(alice, sell)
+    assert retried["replayed"] is True and retried["order"]["id"] == placed["order"]["id"]
+    assert retried["order"]["status"] == "CANCELED"
+    with pytest.raises(DomainError) as duplicate:
+        await services.exchange.place_order(alice, replace(sell, quantity=Decimal("2")))
+    assert duplicate.value.code == "DUPLICATE_CLIENT_ORDER_ID"
+    async with services.db.session() as s:
+        assert (await s.scalar(select(func.count()).select_from(m.Order))) == 3

@@ -1921,6 +1921,10 @@ class Engine:
             request, result, result.order.order_id
         )
 
+    def knows_client_order_id(self, account_id: int, client_order_id: str) -> bool:
+        """Whether ``client_order_id`` is in the idempotency memory (open, or remembered)."""
+        return (account_id, client_order_id) in self._coids
+
     def forget_client_order_id(self, account_id: int, client_order_id: str) -> None:
         """Drop an idempotency entry (the sequencer prunes after its retention period)."""
         self._coids.pop((account_id, client_order_id), None)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,6 +48,9 @@ log = logging.getLogger("tradegraph.sequencer")
 FEE_ACCOUNT_ID = 1
 MAX_BATCH = 512
 _INITIAL_BACKOFF = 0.05
+# How long the engine keeps a closed order's clientOrderId in memory (seconds): retries
+# within it are answered from memory; later ones cost one query (_recall_client_order_ids).
+CLIENT_ORDER_ID_MEMORY = 600.0
 
 
 Publish = Callable[[list[tuple[str, dict[str, Any]]]], None]
@@ -177,6 +181,7 @@ class Sequencer:
         metrics: Metrics | None = None,
         max_batch: int = MAX_BATCH,
         batch_wait: float = 0.001,
+        client_order_id_memory: float = CLIENT_ORDER_ID_MEMORY,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -188,6 +193,10 @@ class Sequencer:
         self.metrics = metrics
         self.max_batch = max_batch
         self.batch_wait = batch_wait
+        self.client_order_id_memory = client_order_id_memory
+        # (closed at, account, clientOrderId) of closed orders, oldest first
+        self._closed_coids: deque[tuple[float, int, str]] = deque()
+        self._clock = 0.0
         self.engine = Engine(fee_account_id=FEE_ACCOUNT_ID)
         self.accounts: dict[int, AccountInfo] = {}
         self.venues: dict[str, str] = {}
@@ -210,6 +219,7 @@ class Sequencer:
     async def rebuild(self) -> None:
         """Drop all in-memory state and load it again from the database."""
         snap = await self.store.load()
+        self._closed_coids.clear()
         engine = Engine(fee_account_id=FEE_ACCOUNT_ID)
         for asset in snap.assets:
             engine.add_asset(asset.code, asset.decimals)
@@ -367,7 +377,9 @@ class Sequencer:
 
     async def prepare(self, batch: list[Any]) -> PreparedBatch:
         """Apply a batch to the in-memory engine; collect its rows, answers and events."""
-        started = time.perf_counter()
+        started = self._clock = time.perf_counter()
+        self._forget_closed_client_order_ids()
+        await self._recall_client_order_ids(batch)
         self._batch = BatchWrite()
         self._events = []
         self._bodies = {}
@@ -385,6 +397,53 @@ class Sequencer:
         self._absorb(self.engine.flush())
         self._flush_counters()
         return PreparedBatch(batch, replies, self._batch, self._events, self._bodies, started)
+
+    async def _recall_client_order_ids(self, batch: list[Any]) -> None:
+        """Give the engine back the stored orders of the clientOrderIds a batch names that
+        it does not hold.
+
+        The engine holds the ids of open orders and of orders closed in the last
+        ``client_order_id_memory`` seconds; an older id (or any closed before a restart)
+        is still taken in the database. Placed as new, it would fail the unique key and
+        with it the whole batch, on every retry. One query, only for unknown ids.
+        """
+        engine = self.engine
+        unknown: set[tuple[int, str]] = set()
+        for incoming in batch:
+            payload = incoming.payload if isinstance(incoming.payload, dict) else {}
+            orders: Any
+            if incoming.kind == "place":
+                orders = [payload.get("order")]
+            elif incoming.kind == "place_many":
+                orders = payload.get("orders")
+            else:
+                continue
+            for order in orders if isinstance(orders, list) else ():
+                coid = order.get("client_order_id") if isinstance(order, dict) else None
+                if coid is None:  # most orders: one lookup
+                    continue
+                account = order.get("account_id")
+                if (
+                    isinstance(coid, str)
+                    and isinstance(account, int)
+                    and not engine.knows_client_order_id(account, coid)
+                ):
+                    unknown.add((account, coid))
+        if unknown:
+            for row in await self.store.orders_by_client_order_id(unknown):
+                stored = order_from_row(row)
+                engine.remember_client_order_id(stored.request, PlaceResult(stored, []))
+                coid = stored.request.client_order_id
+                if coid is not None and not stored.is_open:
+                    self._closed_coids.append((self._clock, row.account_id, coid))
+
+    def _forget_closed_client_order_ids(self) -> None:
+        """Drop closed orders' clientOrderIds held longer than the memory period."""
+        closed, engine = self._closed_coids, self.engine
+        horizon = self._clock - self.client_order_id_memory
+        while closed and closed[0][0] <= horizon:
+            _, account, coid = closed.popleft()
+            engine.forget_client_order_id(account, coid)
 
     async def commit(self, prepared: PreparedBatch) -> bool:
         """Write a prepared batch; then answer its callers and publish its events.
@@ -679,7 +738,12 @@ class Sequencer:
                 batch.orders[e.order_id] = e
                 data = order_dict(e)
                 self._last_order = (e, data)
-                self._emit_user(e.request.account_id, "ORDER", data)
+                request = e.request
+                self._emit_user(request.account_id, "ORDER", data)
+                if request.client_order_id is not None and not e.is_open:
+                    self._closed_coids.append(
+                        (self._clock, request.account_id, request.client_order_id)
+                    )
             elif isinstance(e, Trade):
                 batch.trades.append(e)
                 batch.postings.extend((p, None) for p in e.postings())

@@ -7,13 +7,13 @@ and dialect upserts, so a batch of hundreds of commands is a handful of statemen
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -515,6 +515,16 @@ class ExchangeStore:
                 )
             )
         return Snapshot(assets, instruments, accounts, balances, open_orders, state, transactions)
+
+    async def orders_by_client_order_id(self, keys: Iterable[tuple[int, str]]) -> list[m.Order]:
+        """The stored orders with these (account, clientOrderId) keys, in one query."""
+        async with self.db.session() as session:
+            rows = await session.scalars(
+                select(m.Order).where(
+                    tuple_(m.Order.account_id, m.Order.client_order_id).in_(list(keys))
+                )
+            )
+            return list(rows)
 
     async def command_result(self, command_id: str) -> dict[str, Any] | None:
         async with self.db.session() as session:
