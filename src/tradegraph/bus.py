@@ -243,6 +243,12 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as numbers, which order like the stream."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter, so reconnecting workers do not stampede."""
     delay = min(cap, base * 2 ** min(attempt, 30))
@@ -512,10 +518,10 @@ class RedisStreamsBus(_Requester):
 
     * ``{prefix}cmd``: the commands stream. A worker ``XADD``s one entry per request
       (``command_id``, ``kind``, ``payload`` JSON, ``reply_to``, ``deadline`` epoch ms),
-      trimmed with ``MAXLEN ~ cmd_maxlen``; one sender task writes whatever requests
+      capped with ``MAXLEN ~ cmd_maxlen``; one sender task writes whatever requests
       are waiting in one pipeline of at most ``send_batch`` entries. The engine reads
-      it through the consumer group ``group`` and ``XACK``s an entry only after
-      replying to it.
+      it through the consumer group ``group``, ``XACK``s an entry only after replying
+      to it, and trims the stream to its oldest unanswered entry (``MINID ~``).
     * ``{prefix}reply:{worker_id}``: one reply stream per worker instance. Its single
       reader task resolves futures by ``command_id``; replies nobody waits for are
       dropped. The engine trims it (``MAXLEN ~ reply_maxlen``) and refreshes a TTL
@@ -1064,6 +1070,21 @@ class RedisStreamsBus(_Requester):
         envelope = Envelope(command_id, kind, payload, reply_to, deadline)
         return Incoming(envelope, redelivered=redelivered, receipt=entry_id)
 
+    def _trim_floor(self, acked: list[str]) -> str | None:
+        """The oldest command entry still needed once ``acked`` are acknowledged.
+
+        Everything older has been answered: the group is read in order by this one
+        consumer, and an earlier engine's backlog is claimed before any new command. So
+        the stream is trimmed to it (``MINID ~``) and holds only what is unanswered,
+        whatever the commands weigh. None while part of the backlog is still unclaimed.
+        """
+        if self._claim_cursor is not None:
+            return None
+        waiting = self._inflight.difference(acked)
+        if waiting:
+            return min(waiting, key=_entry_key)
+        return max(acked, key=_entry_key)
+
     async def reply(self, incoming: Incoming, result: Mapping[str, Any]) -> None:
         await self.reply_many(((incoming, result),))
 
@@ -1100,6 +1121,9 @@ class RedisStreamsBus(_Requester):
             pipe.expire(stream, self._reply_ttl)
         ids = [incoming.receipt for incoming, _ in encoded]
         pipe.xack(self.command_stream, self.group, *ids)
+        floor = self._trim_floor(ids)
+        if floor is not None:
+            pipe.xtrim(self.command_stream, minid=floor, approximate=True)
         try:
             async with asyncio.timeout(self._io_timeout):
                 await pipe.execute()

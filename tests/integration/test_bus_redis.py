@@ -463,3 +463,46 @@ async def test_reply_many_sends_a_body_encoded_in_advance(
     finally:
         await worker.close()
         await engine.close()
+
+
+async def test_answered_commands_leave_the_stream_and_unanswered_ones_stay(
+    redis_url: str, prefix: str, raw: aioredis.Redis
+) -> None:
+    """The command stream holds what is unanswered, not the last ``cmd_maxlen`` commands:
+    big ``placeOrders`` commands would otherwise pile up to gigabytes."""
+    relaxed = {"engine_ttl": 5.0, "io_timeout": 3.0, "heartbeat_interval": 0.5}
+    engine = fast_bus(redis_url, prefix, "engine", **relaxed)
+    await engine.start()
+    worker = fast_bus(redis_url, prefix, "worker", **relaxed)
+    await worker.start()
+    seen: list[Incoming] = []
+    loop = asyncio.create_task(echo_engine(engine, seen, []))
+    blob = "x" * 2000
+    try:
+        for start in range(0, 400, 50):
+            await asyncio.gather(
+                *(worker.request("place", {"n": n, "blob": blob}) for n in range(start, start + 50))
+            )
+        assert await raw.xlen(engine.command_stream) < 100  # ~0.8 MB sent
+
+        held = asyncio.create_task(worker.request("hold", {"n": -1}, timeout=30))
+        for _ in range(500):  # taken by the engine (pending), never to be answered
+            if (await raw.xpending(engine.command_stream, engine.group))["pending"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        for start in range(0, 200, 50):
+            await asyncio.gather(
+                *(worker.request("place", {"n": n, "blob": blob}) for n in range(start, start + 50))
+            )
+        # Everything from the unanswered command on is kept, for a successor to claim.
+        pending = await raw.xpending(engine.command_stream, engine.group)
+        assert pending["pending"] == 1
+        held_id = pending["min"]
+        [(_, fields)] = await raw.xrange(engine.command_stream, min=held_id, max=held_id)
+        assert fields["kind"] == "hold"
+        assert len(await raw.xrange(engine.command_stream, min=held_id)) == 201
+        held.cancel()
+    finally:
+        loop.cancel()
+        await worker.close()
+        await engine.close()
