@@ -387,17 +387,7 @@ async def test_a_batch_stamps_every_row_it_writes_with_one_time(services):
     (alice, a_acct), (bob, b_acct) = await _traders(services, 2)
     maker = await services.exchange.place_order(alice, _sell(a_acct))
     before = utcnow()
-    taker = await services.exchange.place_order(
-        bob,
-        OrderInput(
-            account_id=b_acct,
-            symbol="BTC-USD",
-            side="BUY",
-            type="LIMIT",
-            quantity=Decimal("1"),
-            price=Decimal("50000"),
-        ),
-    )
+    taker = await services.exchange.place_order(bob, replace(_sell(b_acct), side="BUY"))
     after = utcnow()
     assert taker["order"]["status"] == "FILLED"
     async with services.db.session() as s:
@@ -433,15 +423,7 @@ async def test_client_order_id_of_a_closed_order_stays_taken_after_a_restart(set
     first = Services(settings)
     await first.start()
     (alice, a_acct), (bob, b_acct) = await _traders(first, 2)
-    sell = OrderInput(
-        account_id=a_acct,
-        symbol="BTC-USD",
-        side="SELL",
-        type="LIMIT",
-        quantity=Decimal("1"),
-        price=Decimal("50000"),
-        client_order_id="sell-1",
-    )
+    sell = replace(_sell(a_acct), client_order_id="sell-1")
     placed = await first.exchange.place_order(alice, sell)
     cancel = await first.exchange.cancel_order(
         alice, order_id=None, client_order_id="sell-1", account_id=a_acct
