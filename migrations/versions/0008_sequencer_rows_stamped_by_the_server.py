@@ -3,9 +3,9 @@
 The sequencer's PostgreSQL writes (binary COPY and ``unnest`` upserts) leave
 ``orders.created_at``/``updated_at``, ``trades.created_at``, ``ledger_entries.created_at``,
 ``engine_commands.created_at`` and ``balances.updated_at`` out; the server fills in the
-batch transaction's start. Encoding one timestamp per row in the engine cost more than the
-rest of an order's row (docs/BENCHMARKS.md). SQLite gets the same defaults (the sequencer
-still sends its own time there).
+batch transaction's start. Encoding them per row was about a third of the engine's commit
+CPU per order (docs/BENCHMARKS.md). SQLite gets the same defaults (the sequencer still
+sends its own time there).
 
 Revision ID: 0008
 Revises: 0007

@@ -34,8 +34,8 @@ from tradegraph.exchange.book import (
 
 # The time of the sequencer's rows. Its PostgreSQL writes leave them out and the server
 # fills in ``now()``: the batch transaction's start, one time for a whole batch, as the
-# sequencer's own clock would give. Encoding a timestamp per row for binary COPY cost the
-# engine more CPU than all the other columns of an order (docs/BENCHMARKS.md). On SQLite
+# sequencer's own clock would give. Encoding two timestamps per order row for binary COPY
+# was about a third of the engine's commit CPU per order (docs/BENCHMARKS.md). On SQLite
 # the sequencer still sends its own time.
 BATCH_TIME = func.now()
 
