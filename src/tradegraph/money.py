@@ -52,11 +52,12 @@ _MAX_DECIMALS = 36
 _MAX_DIGITS = 80
 _EXACT = Context(prec=2 * _MAX_DIGITS, Emax=4 * _MAX_DIGITS, Emin=-4 * _MAX_DIGITS)
 # The same, raising instead of rounding (or anything else inexact).
-_TRAPPING = Context(
-    prec=2 * _MAX_DIGITS,
-    Emax=4 * _MAX_DIGITS,
-    Emin=-4 * _MAX_DIGITS,
-    traps=[Inexact, Rounded, Overflow, Underflow, Subnormal, Clamped, InvalidOperation],
+_TRAPPING = _EXACT.copy()
+_TRAPPING.clear_traps()
+_TRAPPING.traps.update(
+    dict.fromkeys(
+        (Inexact, Rounded, Overflow, Underflow, Subnormal, Clamped, InvalidOperation), True
+    )
 )
 
 

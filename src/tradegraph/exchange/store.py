@@ -17,7 +17,7 @@ from sqlalchemy import Table, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tradegraph.db import Database, asyncpg_transaction, utcnow
 from tradegraph.exchange import models as m
@@ -517,8 +517,11 @@ class ExchangeStore:
         return Snapshot(assets, instruments, accounts, balances, open_orders, state, transactions)
 
     async def orders_by_client_order_id(self, keys: Iterable[tuple[int, str]]) -> list[m.Order]:
-        """The stored orders with these (account, clientOrderId) keys, in one query."""
-        async with self.db.session() as session:
+        """The stored orders with these (account, clientOrderId) keys, in one query.
+
+        On the autocommit engine: one round trip, no BEGIN and ROLLBACK around it (this
+        runs before any batch that names a clientOrderId the engine does not hold)."""
+        async with AsyncSession(self.db.reader) as session:
             rows = await session.scalars(
                 select(m.Order).where(
                     tuple_(m.Order.account_id, m.Order.client_order_id).in_(list(keys))
